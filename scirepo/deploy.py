@@ -1,0 +1,77 @@
+"""`scirepo deploy`: run the one playbook (ansible/site.yml) against an inventory.
+
+The same function deploys the local host of `make up` and real Debian 12 hosts over SSH.
+It hands the playbook three things, all derived from the site config: the resolved config
+(build/site.json), the image digests (build/images.json, written by `scirepo images build`)
+and the scirepo wheel that the host runs its services from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from scirepo import config as siteconfig
+from scirepo import progress, tls
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build"
+
+
+def build_wheel() -> Path:
+    """The scirepo wheel the host installs (no PyPI access is assumed on the host)."""
+    dist = BUILD / "dist"
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in dist.glob("scirepo-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(dist), str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL)
+    (wheel,) = dist.glob("scirepo-*.whl")
+    return wheel
+
+
+def _tool(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def run(site: Path, inventory: Path, credentials_dir: Path | None = None,
+        extra: list[str] | None = None) -> int:
+    """Validate, then run ansible-playbook; returns its exit code."""
+    cfg = siteconfig.resolve(siteconfig.load(site))
+    images = BUILD / "images.json"
+    if not images.exists():
+        raise siteconfig.ConfigError(
+            [f"{images}: no image digests; run `scirepo images build` first"])
+    site_json = BUILD / "site.json"
+    site_json.write_text(json.dumps({"scirepo": cfg}, indent=2))
+    wheel = build_wheel()
+    creds = credentials_dir or (REPO / ".scirepo" / "hosts")
+    creds.mkdir(parents=True, exist_ok=True)
+    extra_vars = {"base_wheel": str(wheel), "scirepo_credentials_dir": str(creds)}
+    if not cfg["tls"]["certificate"]:
+        # No certificate in the site config: the operator's local CA signs one.
+        tls.ensure_ca()
+        crt, key = tls.ensure_server_cert(
+            "server", [cfg["site"]["hostname"], "localhost", "127.0.0.1"])
+        extra_vars.update(hub_tls_certificate=str(crt), hub_tls_key=str(key))
+    cmd = [_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
+           "-e", f"@{site_json}", "-e", f"@{images}",
+           "-e", json.dumps(extra_vars),
+           *(extra or [])]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"))
+    progress.say("ansible-playbook ansible/site.yml")
+    return subprocess.run(cmd, env=env).returncode
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("deploy", help="deploy the site config to hosts with Ansible")
+    p.add_argument("--site", type=Path, default=Path("site.yml"))
+    p.add_argument("--inventory", "-i", type=Path, required=True,
+                   help="Ansible inventory of Debian 12 hosts (see README: Real hosts)")
+    p.add_argument("ansible_args", nargs="*", help="passed to ansible-playbook (after --)")
+    p.set_defaults(func=lambda a: run(a.site, a.inventory, extra=a.ansible_args))

@@ -1,0 +1,57 @@
+"""Per-user containers that belong to the user.
+
+The container starts as root only long enough for the image's entrypoint (scirepo-start)
+to create the user's passwd entry, then runs as the user's uid/gid with no capabilities and
+no_new_privs. Everything is mounted with `type=bind` mounts, which fail when the source is
+missing instead of letting Docker create a root-owned directory (the classic DockerSpawner
+permission bug): accounts are provisioned before login, never at spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from dockerspawner import DockerSpawner
+from traitlets import Dict, Float, Unicode
+
+from scirepo.authd import query
+
+
+class ScirepoSpawner(DockerSpawner):
+    """DockerSpawner that looks the user up on the host and mounts the data areas."""
+
+    authd_socket = Unicode("/run/scirepo/authd.sock", config=True)
+    authd_timeout = Float(15.0, config=True)
+    paths = Dict(config=True, help="The `paths` section of the resolved site config.")
+
+    async def _host_user(self) -> dict:
+        answer = await asyncio.to_thread(
+            query, self.authd_socket, {"op": "lookup", "username": self.user.name},
+            self.authd_timeout)
+        if not answer.get("ok"):
+            raise RuntimeError(f"user {self.user.name} is not a platform user on this host: "
+                               f"{answer.get('error')}")
+        return answer["user"]
+
+    def _mounts(self, user: dict) -> list[dict]:
+        p, name = self.paths, user["name"]
+        workspace = f"{p['workspaces']}/{name}"
+        spec = [(user["home"], False), (workspace, False), (p["data"], True),
+                (p["software"], True), (p["upload"], False)]
+        # Same absolute paths as on the host: ~/workspace is a symlink that resolves in both.
+        return [{"type": "bind", "source": src, "target": src, "read_only": ro}
+                for src, ro in spec]
+
+    async def start(self):
+        user = await self._host_user()
+        if user["uid"] == 0:
+            raise RuntimeError("refusing to start a server for uid 0")
+        self.mounts = self._mounts(user)
+        groups = [f"{g}:{gid}" for g, gid in zip(user["groups"], user["group_ids"], strict=True)
+                  if gid != user["gid"]]
+        self.environment.update({
+            "NB_USER": user["name"], "NB_UID": str(user["uid"]), "NB_GID": str(user["gid"]),
+            "NB_GROUPS": ",".join(groups), "NB_HOME": user["home"],
+        })
+        self.notebook_dir = user["home"]
+        return await super().start()

@@ -1,0 +1,154 @@
+"""A small client of a scirepo hub, as a user sees it: log in, start a server, use it.
+
+Used by the integration tests (and by health checks and benchmarks): it goes through the
+same HTTPS endpoint, login form and proxy that a person's browser does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import requests
+import websocket
+
+
+class HubError(RuntimeError):
+    """The hub or the user's server answered something unexpected."""
+
+
+@dataclass
+class HubUser:
+    """A logged-in user of the hub at `url` (for example https://localhost:8443)."""
+
+    url: str
+    name: str
+    cafile: str | bool = True
+    session: requests.Session = field(default_factory=requests.Session)
+    token: str = ""
+
+    def __post_init__(self):
+        self.url = self.url.rstrip("/")
+        self.session.verify = self.cafile
+
+    # -- login ------------------------------------------------------------------------
+    def login(self, password: str) -> bool:
+        """Submit the login form; True when the hub accepted the password."""
+        page = self.session.get(f"{self.url}/hub/login", timeout=30)
+        page.raise_for_status()
+        xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
+        res = self.session.post(
+            f"{self.url}/hub/login?next=", timeout=60, allow_redirects=False,
+            data={"username": self.name, "password": password, "_xsrf": xsrf})
+        ok = res.status_code in (302, 303) and "jupyterhub-session-id" in self.session.cookies
+        if ok and not self.token:
+            self.token = self._new_token()
+        return ok and res.status_code != 403
+
+    def _new_token(self) -> str:
+        xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
+        res = self.session.post(f"{self.url}/hub/api/users/{self.name}/tokens", timeout=30,
+                                headers={"X-XSRFToken": xsrf, "Referer": f"{self.url}/hub/"},
+                                json={"note": "scirepo hubclient", "expires_in": 3600})
+        if res.status_code != 201:
+            raise HubError(f"token request: {res.status_code} {res.text[:300]}")
+        return res.json()["token"]
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        """Call the hub REST API (path below /hub/api) with the user's token."""
+        headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers,
+                                verify=self.cafile, timeout=kw.pop("timeout", 60), **kw)
+
+    # -- server -----------------------------------------------------------------------
+    def start_server(self, deadline: float = 180, image: str | None = None) -> float:
+        """Start the default server and wait until it answers through the proxy.
+
+        Returns the seconds from the request to the first answer of the server.
+        """
+        t0 = time.monotonic()
+        body = {"image": image} if image else None
+        res = self.api("POST", f"/users/{self.name}/server", json=body)
+        if res.status_code not in (201, 202, 400):
+            raise HubError(f"start: {res.status_code} {res.text[:300]}")
+        delay = 0.2
+        while time.monotonic() - t0 < deadline:
+            info = self.api("GET", f"/users/{self.name}").json()
+            server = info.get("servers", {}).get("", {})
+            if server.get("ready"):
+                probe = self.server("GET", "api/status")
+                if probe.status_code == 200:
+                    return time.monotonic() - t0
+            elif not server.get("pending") and time.monotonic() - t0 > 5:
+                raise HubError(f"server of {self.name} failed to start: {info}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        raise HubError(f"server of {self.name} not ready after {deadline} s")
+
+    def stop_server(self, deadline: float = 60) -> None:
+        self.api("DELETE", f"/users/{self.name}/server")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < deadline:
+            info = self.api("GET", f"/users/{self.name}").json()
+            if not info.get("servers"):
+                return
+            time.sleep(0.5)
+        raise HubError(f"server of {self.name} still there after {deadline} s")
+
+    def server(self, method: str, path: str, **kw) -> requests.Response:
+        """Call the user's single-user server (path below /user/NAME/) with the token."""
+        headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
+        return requests.request(method, f"{self.url}/user/{self.name}/{path}", headers=headers,
+                                verify=self.cafile, timeout=kw.pop("timeout", 60), **kw)
+
+    def put_file(self, path: str, text: str) -> dict:
+        res = self.server("PUT", f"api/contents/{path}",
+                          json={"type": "file", "format": "text", "content": text})
+        if res.status_code not in (200, 201):
+            raise HubError(f"PUT {path}: {res.status_code} {res.text[:300]}")
+        return res.json()
+
+    def run_code(self, code: str, timeout: float = 60) -> dict:
+        """Run `code` in a new Python kernel; return {'stdout', 'stderr', 'status'}."""
+        res = self.server("POST", "api/kernels", json={"name": "python3"})
+        if res.status_code != 201:
+            raise HubError(f"kernel start: {res.status_code} {res.text[:300]}")
+        kid = res.json()["id"]
+        ws_url = self.url.replace("https://", "wss://").replace("http://", "ws://")
+        sslopt = {"ca_certs": self.cafile} if isinstance(self.cafile, str) else {}
+        ws = websocket.create_connection(
+            f"{ws_url}/user/{self.name}/api/kernels/{kid}/channels",
+            header=[f"Authorization: token {self.token}"], sslopt=sslopt, timeout=timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": self.name,
+                           "session": uuid.uuid4().hex, "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": False,
+                            "user_expressions": {}, "allow_stdin": False},
+            }))
+            out = {"stdout": "", "stderr": "", "status": None}
+            t0 = time.monotonic()
+            while out["status"] is None or not out.get("_idle"):
+                if time.monotonic() - t0 > timeout:
+                    raise HubError(f"code did not finish in {timeout} s: {out}")
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    out[content["name"]] += content["text"]
+                elif kind == "error":
+                    out["stderr"] += "\n".join(content.get("traceback", [])) or content["evalue"]
+                elif kind == "execute_reply":
+                    out["status"] = content["status"]
+                elif kind == "status" and content["execution_state"] == "idle":
+                    out["_idle"] = True
+            out.pop("_idle", None)
+            return out
+        finally:
+            ws.close()
+            self.server("DELETE", f"api/kernels/{kid}")

@@ -1,0 +1,216 @@
+"""Tests of a built notebook image (the base stack, or a child stack, which inherits them).
+
+The image comes from env SCIREPO_TEST_IMAGE (a tag or a digest reference); the tests are
+skipped without it. Each test runs real containers of the image with Debian's docker client:
+the locked packages are what is installed, the entrypoint drops root for good to the user
+the hub names, the image has no setuid binaries nor sudo, and JupyterLab serves its API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from scirepo import images
+from scirepo.dockercli import DOCKER
+from scirepo.progress import wait_for
+
+IMAGE = os.environ.get("SCIREPO_TEST_IMAGE", "")
+REPO = Path(__file__).resolve().parents[2]
+UID = 23456
+USER_ENV = ["-e", "NB_USER=alice", "-e", f"NB_UID={UID}", "-e", f"NB_GID={UID}"]
+# What `python3 -m venv` puts in a venv besides the lock.
+VENV_SEED = {"pip", "setuptools", "wheel"}
+
+pytestmark = pytest.mark.skipif(not IMAGE, reason="set SCIREPO_TEST_IMAGE to an image to test")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    res = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {res.returncode}:\n{res.stderr}")
+    return res
+
+
+def run(
+    *cmd: str, opts: tuple[str, ...] = (), check: bool = True, user_env: bool = False, **kw
+) -> subprocess.CompletedProcess:
+    """`docker run --rm [user env] OPTS IMAGE CMD`."""
+    env = USER_ENV if user_env else []
+    return docker("run", "--rm", *env, *opts, IMAGE, *cmd, check=check, **kw)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    out = docker("image", "inspect", "--format", "{{json .Config.Labels}}", IMAGE).stdout
+    labels = json.loads(out) or {}
+    assert images.MANIFEST_LABEL in labels, "the image has no manifest label"
+    return json.loads(labels[images.MANIFEST_LABEL])
+
+
+@pytest.fixture(scope="module")
+def locked(manifest) -> dict[str, str]:
+    """Pins of the image's lock, plus its parent's for a child stack."""
+    pins: dict[str, str] = {}
+    for name in dict.fromkeys([images.PARENT_STACK, manifest["name"]]):
+        lock = REPO / "images" / name / "requirements.txt"
+        if lock.exists():  # a child stack may add no Python packages
+            pins |= images.read_lock(lock.read_text())
+    return pins
+
+
+@pytest.fixture
+def home():
+    """A home directory owned by the test user, as the hub mounts it."""
+    path = Path(tempfile.mkdtemp(prefix="scirepo-home-"))
+    os.chown(path, UID, UID)
+    path.chmod(0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_manifest_matches_the_lock(manifest, locked):
+    lock = REPO / "images" / manifest["name"] / "requirements.txt"
+    lock_text = lock.read_text() if lock.exists() else ""
+    for package, version in manifest["packages"].items():
+        assert locked[package] == version
+    assert manifest["lock_sha256"] == hashlib.sha256(lock_text.encode()).hexdigest()
+
+
+def test_installed_packages_are_exactly_the_lock(locked):
+    out = run(
+        "pip",
+        "list",
+        "--format",
+        "json",
+        opts=("--user", "65534:65534", "-e", "PIP_NO_CACHE_DIR=1"),
+    ).stdout
+    installed = {images.normalize(p["name"]): p["version"] for p in json.loads(out)}
+    wrong = {p: (v, installed.get(p)) for p, v in locked.items() if installed.get(p) != v}
+    assert not wrong, f"locked version != installed version: {wrong}"
+    extra = set(installed) - set(locked) - VENV_SEED
+    assert not extra, f"installed but not locked: {sorted(extra)}"
+
+
+def test_headline_packages_import_at_locked_versions(locked):
+    code = "import jupyterlab, jupyterhub; print(jupyterlab.__version__, jupyterhub.__version__)"
+    lab, hub = run("python", "-c", code, opts=("--user", "65534:65534")).stdout.split()
+    assert (lab, hub) == (locked["jupyterlab"], locked["jupyterhub"])
+
+
+def test_singleuser_server_reports_the_hub_version(locked):
+    out = run("jupyterhub-singleuser", "--version", opts=("--user", "65534:65534")).stdout
+    assert out.strip() == locked["jupyterhub"]
+
+
+def status(proc_status: str, field: str) -> str:
+    return re.search(rf"^{field}:\s*(\S+)", proc_status, re.M).group(1)
+
+
+def test_entrypoint_drops_root_for_good():
+    out = run(
+        "sh", "-c", "id -u; id -g; id -un; echo $HOME $USER; cat /proc/self/status", user_env=True
+    ).stdout
+    uid, gid, name, env_line, *rest = out.splitlines()
+    assert (uid, gid, name) == (str(UID), str(UID), "alice")
+    assert env_line == "/home/alice alice"
+    proc = "\n".join(rest)
+    assert status(proc, "NoNewPrivs") == "1"
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status(proc, caps), 16) == 0, caps
+    assert re.search(rf"^Uid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", proc, re.M)
+    assert re.search(rf"^Gid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", proc, re.M)
+
+
+def test_entrypoint_groups_from_nb_groups():
+    out = run(
+        "sh",
+        "-c",
+        "id -gn; id -G; id -Gn",
+        opts=("-e", "NB_GROUPS=alice:23456,scirepo-users:23500,users:23501"),
+        user_env=True,
+    ).stdout.splitlines()
+    assert out[0] == "alice"
+    assert sorted(out[1].split()) == sorted(["23456", "23500", "23501"])
+    # "users" exists in Debian with gid 100: the host's gid is kept under another name.
+    assert "scirepo-users" in out[2].split() and "g23501" in out[2].split()
+
+
+def test_entrypoint_refuses_root_and_missing_identity():
+    res = run("id", opts=("-e", "NB_USER=alice", "-e", "NB_UID=0"), check=False)
+    assert res.returncode == 1 and "NB_UID is 0" in res.stderr
+    res = run(
+        "id", check=False, opts=("-e", "NB_USER=alice", "-e", "NB_UID=1000", "-e", "NB_GID=0")
+    )
+    assert res.returncode == 1 and "NB_GID is 0" in res.stderr
+    res = run("id", check=False)
+    assert res.returncode == 1 and "NB_USER and NB_UID" in res.stderr
+    res = run("id", opts=("-e", "NB_USER=Bad;name", "-e", "NB_UID=1000"), check=False)
+    assert res.returncode == 1 and "not a valid user name" in res.stderr
+
+
+def test_entrypoint_not_root_execs_directly():
+    assert run("id", "-u", opts=("--user", "4321:4321")).stdout.strip() == "4321"
+
+
+def test_restarted_container_starts_again():
+    name = f"scirepo-test-{uuid.uuid4().hex[:8]}"
+    try:
+        docker("run", "--name", name, *USER_ENV, IMAGE, "id", "-u")
+        out = docker("start", "-a", name).stdout
+        assert out.strip() == str(UID)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_files_in_the_home_belong_to_the_user(home):
+    run("sh", "-c", "touch ~/made-here && pwd", user_env=True, opts=("-v", f"{home}:/home/alice"))
+    made = home / "made-here"
+    assert (made.stat().st_uid, made.stat().st_gid) == (UID, UID)
+
+
+def test_no_setuid_or_setgid_files():
+    out = run("/", "-xdev", "-perm", "/6000", "-type", "f", opts=("--entrypoint", "find")).stdout
+    assert out.strip() == ""
+
+
+def test_no_sudo():
+    res = run("-c", "command -v sudo su-exec doas gosu", opts=("--entrypoint", "sh"), check=False)
+    assert res.stdout.strip() == ""
+
+
+def test_jupyterlab_serves_its_api_as_the_user(home):
+    name = f"scirepo-test-{uuid.uuid4().hex[:8]}"
+    lab = ["jupyter", "lab", "--no-browser", "--port", "8888", "--ServerApp.token=x"]
+    # All interfaces of the container's own network namespace; published on loopback only.
+    lab += ["--ip", "0.0.0.0"]  # noqa: S104
+    opts = ["-v", f"{home}:/home/alice", "-p", "127.0.0.1::8888"]
+    docker("run", "-d", "--name", name, *USER_ENV, *opts, IMAGE, *lab)
+    try:
+        port = docker("port", name, "8888/tcp").stdout.split(":")[-1].strip()
+        url = f"http://127.0.0.1:{port}/api/status"
+
+        def answers() -> bool:
+            req = urllib.request.Request(url, headers={"Authorization": "token x"})
+            with urllib.request.urlopen(req, timeout=3) as r:  # noqa: S310 - loopback test
+                return r.status == 200 and "started" in json.loads(r.read())
+
+        wait_for("JupyterLab's /api/status", answers, deadline=60)
+        # Every process in the container, PID 1 (tini) included, runs as the user.
+        top = docker("top", name, "-o", "uid,pid,comm").stdout.splitlines()[1:]
+        assert top and all(line.split()[0] == str(UID) for line in top), top
+    except BaseException:
+        print(docker("logs", name, check=False).stderr[-3000:])
+        raise
+    finally:
+        docker("rm", "-f", name, check=False)

@@ -1,0 +1,149 @@
+"""Fixtures for tests against the local repository host that `make up` creates.
+
+The session starts with `scirepo local up`: it brings the host up when it is not running and
+redeploys the current tree when it is, so the tests always check this tree's deployment.
+Users made by tests are real Unix users on the host, removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+import testinfra
+
+from scirepo import config as siteconfig
+from scirepo import tls
+from scirepo.dockercli import DOCKER
+from scirepo.hubclient import HubUser
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / ".scirepo" / "local"
+
+
+@pytest.fixture(scope="session")
+def site_path(pytestconfig) -> Path:
+    path = pytestconfig.getoption("--site")
+    if not path.exists():
+        path = REPO / "site.example.yml"
+    return path
+
+
+@pytest.fixture(scope="session")
+def cfg(site_path) -> dict:
+    return siteconfig.resolve(siteconfig.load(site_path))
+
+
+@pytest.fixture(scope="session")
+def local_host(site_path, cfg) -> dict:
+    """Bring the local host up (or redeploy it); record how long that took."""
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "scirepo", "local", "up", "--site",
+                          str(site_path)], cwd=REPO, capture_output=True, text=True)
+    (REPO / "build").mkdir(exist_ok=True)
+    (REPO / "build" / "up.log").write_text(res.stdout + res.stderr)
+    if res.returncode != 0:
+        pytest.fail(f"scirepo local up failed (log in build/up.log):\n{res.stdout[-4000:]}"
+                    f"\n{res.stderr[-3000:]}")
+    return {"seconds": time.monotonic() - t0, "output": res.stdout}
+
+
+@pytest.fixture(scope="session")
+def host(local_host, cfg):
+    """testinfra host: the host container, as root (what sudo over SSH is on a real host)."""
+    return testinfra.get_host(f"docker://{cfg['local']['container']}")
+
+
+def on_host(cfg: dict, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([DOCKER, "exec", "-i", cfg["local"]["container"], *cmd], input=input,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def hub_url(cfg) -> str:
+    return f"https://localhost:{cfg['local']['https_port']}"
+
+
+@pytest.fixture(scope="session")
+def cafile() -> str:
+    return str(tls.CA_CERT)
+
+
+class Users:
+    """Makes real platform users on the host with `scirepo user add`, and removes them."""
+
+    def __init__(self, cfg: dict, hub_url: str, cafile: str):
+        self.cfg, self.hub_url, self.cafile, self.made = cfg, hub_url, cafile, []
+
+    def add(self, prefix: str = "t") -> tuple[str, str]:
+        name = f"{prefix}{secrets.token_hex(3)}"
+        pwfile = f"{self.cfg['paths']['secrets']}/test-password-{name}"
+        res = on_host(self.cfg, "scirepo", "user", "add", name, "--name", f"Test {name}",
+                      "--email", f"{name}@example.org", "--password-file", pwfile)
+        assert res.returncode == 0, res.stderr
+        self.made.append(name)
+        password = on_host(self.cfg, "cat", pwfile).stdout
+        on_host(self.cfg, "rm", "-f", pwfile)
+        return name, _parse_password(password)
+
+    def hub(self, name: str) -> HubUser:
+        return HubUser(self.hub_url, name, cafile=self.cafile)
+
+    def cleanup(self) -> None:
+        for name in self.made:
+            on_host(self.cfg, "docker", "rm", "-f", f"jupyter-{name}")
+            on_host(self.cfg, "userdel", "-r", name)
+            on_host(self.cfg, "groupdel", name)
+            on_host(self.cfg, "rm", "-rf", f"{self.cfg['paths']['workspaces']}/{name}")
+
+
+def _parse_password(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("password:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no password line in {text!r}")
+
+
+@pytest.fixture(scope="session")
+def users(local_host, cfg, hub_url, cafile):
+    made = Users(cfg, hub_url, cafile)
+    yield made
+    made.cleanup()
+
+
+def ssh_client(cfg: dict, user: str, password: str) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - local test host
+    client.connect("127.0.0.1", port=cfg["local"]["ssh_port"], username=user, password=password,
+                   allow_agent=False, look_for_keys=False, timeout=20, auth_timeout=20)
+    return client
+
+
+def ssh_run(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
+    _, out, err = client.exec_command(command, timeout=60)
+    rc = out.channel.recv_exit_status()
+    return rc, out.read().decode(), err.read().decode()
+
+
+def ansible_recap(output: str) -> dict:
+    """The PLAY RECAP counters of an ansible-playbook run, per host."""
+    recap, seen = {}, False
+    for line in output.splitlines():
+        if line.startswith("PLAY RECAP"):
+            seen = True
+            continue
+        if seen and ":" in line and "ok=" in line:
+            host, rest = line.split(":", 1)
+            recap[host.strip()] = {k: int(v) for k, v in
+                                   (kv.split("=") for kv in rest.split())}
+    return recap
+
+
+__all__ = ["ansible_recap", "json", "on_host", "os", "ssh_client", "ssh_run"]

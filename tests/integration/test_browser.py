@@ -1,0 +1,81 @@
+"""A person in a browser: log in to the hub, get JupyterLab, run a cell, see its file over SSH."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, ssh_client, ssh_run
+
+pytestmark = [pytest.mark.host, pytest.mark.browser]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _spki_hash(cert: Path) -> str:
+    """base64 SHA-256 of the certificate's public key, for Chromium's per-key trust flag."""
+    der = subprocess.run(
+        "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der".format(cert),
+        shell=True, check=True, capture_output=True).stdout  # noqa: S602 - fixed local paths
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: scripts/bootstrap installs it")
+    from playwright.sync_api import sync_playwright
+
+    # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
+    spki = _spki_hash(REPO / ".scirepo" / "tls" / "server.crt")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run", f"--ignore-certificate-errors-spki-list={spki}",
+        ])
+        yield b
+        b.close()
+
+
+def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_url, cfg):
+    name, password = users.add("c")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    shots = REPO / "build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        page.goto(f"{hub_url}/hub/login", timeout=60_000)
+        page.fill("#username_input", name)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_url(f"**/user/{name}/lab**", timeout=180_000)
+        page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
+        page.screenshot(path=str(shots / "jupyterlab.png"))
+        page.click(".jp-LauncherCard[data-category='Notebook']")
+        page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                               timeout=60_000)
+        page.click(".jp-Notebook .jp-Cell .cm-content")
+        page.keyboard.type("open('workspace/from-browser.txt', 'w').write('written in a cell')")
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_selector(".jp-OutputArea-output", timeout=60_000)
+        page.screenshot(path=str(shots / "cell.png"))
+    finally:
+        page.close()
+    client = ssh_client(cfg, name, password)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            rc, out, _ = ssh_run(client, "cat ~/workspace/from-browser.txt; "
+                                         "stat -c %U ~/workspace/from-browser.txt")
+            if rc == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        client.close()
+    assert rc == 0
+    assert out.split("\n")[:2] == ["written in a cell", name]

@@ -1,0 +1,193 @@
+"""The platform core, end to end: one user, the same files and password over SSH and the hub."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import REPO, ansible_recap, on_host, ssh_client, ssh_run
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def alice(users):
+    """A user with a running server (started through the hub API)."""
+    name, password = users.add("a")
+    hub = users.hub(name)
+    assert hub.login(password)
+    hub.start_server()
+    yield name, password, hub
+    hub.stop_server()
+
+
+@pytest.fixture(scope="module")
+def bob(users):
+    name, password = users.add("b")
+    return name, password
+
+
+def test_tls_endpoint_is_signed_by_the_local_ca(hub_url, cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    with urllib.request.urlopen(f"{hub_url}/hub/api", context=ctx, timeout=20) as res:  # noqa: S310
+        assert res.status == 200
+        assert "max-age" in res.headers["Strict-Transport-Security"]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{hub_url}/hub/api", context=ssl.create_default_context(),  # noqa: S310
+                               timeout=20)
+
+
+def test_ssh_login_with_password_and_wrong_password_fails(users, cfg):
+    name, password = users.add("s")
+    client = ssh_client(cfg, name, password)
+    rc, out, _ = ssh_run(client, "id -un; readlink ~/workspace")
+    client.close()
+    assert rc == 0
+    assert out.split() == [name, f"{cfg['paths']['workspaces']}/{name}"]
+    with pytest.raises(Exception, match="[Aa]uthentication"):
+        ssh_client(cfg, name, password + "x")
+
+
+def test_root_cannot_log_in_over_ssh(cfg):
+    with pytest.raises(Exception, match="[Aa]uthentication"):
+        ssh_client(cfg, "root", "anything")
+
+
+def test_wrong_password_is_refused_by_the_hub(users):
+    name, password = users.add("w")
+    assert not users.hub(name).login(password + "x")
+
+
+def test_non_platform_user_cannot_log_in_to_the_hub(cfg, users):
+    """A Unix user outside the platform group is refused even with the right password."""
+    name = "np" + users.add("x")[0][1:]
+    on_host(cfg, "useradd", "-M", name)
+    on_host(cfg, "chpasswd", input=f"{name}:Outside-Pass-123\n")
+    try:
+        assert not users.hub(name).login("Outside-Pass-123")
+    finally:
+        on_host(cfg, "userdel", name)
+
+
+def test_file_made_in_jupyterlab_is_the_users_file_over_ssh(alice, cfg, host):
+    name, password, hub = alice
+    hub.put_file("workspace/from-lab.txt", "made in JupyterLab\n")
+    client = ssh_client(cfg, name, password)
+    rc, out, _ = ssh_run(client, "cat ~/workspace/from-lab.txt; stat -c '%u %U' "
+                                 "~/workspace/from-lab.txt")
+    client.close()
+    assert rc == 0
+    text, owner = out.split("\n", 1)
+    uid = host.user(name).uid
+    assert text == "made in JupyterLab"
+    assert owner.split() == [str(uid), name]
+
+
+def test_server_runs_as_the_user_without_privileges(alice, host):
+    name, _, hub = alice
+    res = hub.run_code(
+        "import os\n"
+        "print(os.getuid(), os.getgid(), os.geteuid())\n"
+        "st = open('/proc/self/status').read()\n"
+        "print([l.split()[1] for l in st.splitlines() if l.startswith(('NoNewPrivs','CapEff'))])\n"
+        "print(os.environ['HOME'])\n")
+    assert res["status"] == "ok", res
+    ids, privs, home = res["stdout"].splitlines()
+    user = host.user(name)
+    assert ids.split() == [str(user.uid), str(user.gid), str(user.uid)]
+    assert privs == "['1', '0000000000000000']"
+    assert home == user.home
+
+
+def test_site_data_and_software_are_read_only_in_the_container(alice, cfg):
+    _, _, hub = alice
+    site = next(iter(cfg["paths"]["sites"].values()))
+    res = hub.run_code(
+        "import os\n"
+        f"for d in [{site!r}, {cfg['paths']['software']!r}]:\n"
+        "    try:\n"
+        "        open(os.path.join(d, 'x'), 'w')\n"
+        "        print('WROTE', d)\n"
+        "    except OSError as e:\n"
+        "        print('refused', e.errno)\n")
+    assert res["status"] == "ok", res
+    lines = res["stdout"].split()
+    assert lines[::2] == ["refused", "refused"], res["stdout"]
+    # EROFS (30): refused by the read-only mount, not only by modes.
+    assert lines[1::2] == ["30", "30"]
+
+
+def test_users_cannot_read_each_others_workspaces(alice, bob, cfg):
+    a_name, a_password, hub = alice
+    b_name, b_password = bob
+    b_ws = f"{cfg['paths']['workspaces']}/{b_name}"
+    client = ssh_client(cfg, b_name, b_password)
+    ssh_run(client, "echo secret > ~/workspace/private.txt")
+    client.close()
+    # Over SSH as A.
+    client = ssh_client(cfg, a_name, a_password)
+    rc, _, err = ssh_run(client, f"ls {b_ws}; cat {b_ws}/private.txt")
+    client.close()
+    assert rc != 0 and "Permission denied" in err
+    # From A's container (B's workspace is not even mounted there; the host path is refused).
+    res = hub.run_code(
+        "import os\n"
+        f"for p in [{b_ws!r}, {b_ws + '/private.txt'!r}, '/home/{b_name}']:\n"
+        "    try:\n"
+        "        print(open(p).read() if os.path.isfile(p) else os.listdir(p))\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n")
+    assert "secret" not in res["stdout"]
+    assert res["stdout"].count("refused") == 3, res
+
+
+def test_password_changed_over_ssh_is_the_hub_password(users, cfg):
+    name, old = users.add("p")
+    new = "N3w-" + old[::-1]
+    client = ssh_client(cfg, name, old)
+    chan = client.get_transport().open_session()
+    chan.get_pty()
+    chan.exec_command("passwd")
+    transcript = ""
+    for answer in (old, new, new):
+        deadline = time.monotonic() + 15
+        while not transcript.rstrip().endswith(":") and time.monotonic() < deadline:
+            transcript += chan.recv(1024).decode(errors="replace")
+        chan.send(answer + "\n")
+        transcript = ""
+    rc = chan.recv_exit_status()
+    client.close()
+    assert rc == 0
+    assert users.hub(name).login(new)
+    assert not users.hub(name).login(old)
+
+
+def test_hub_restart_leaves_servers_running_and_reachable(alice, cfg):
+    name, _, hub = alice
+    before = on_host(cfg, "docker", "inspect", "-f", "{{.Id}}", f"jupyter-{name}").stdout
+    assert on_host(cfg, "systemctl", "restart", "scirepo-hub").returncode == 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if hub.api("GET", f"/users/{name}").status_code == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    assert on_host(cfg, "docker", "inspect", "-f", "{{.Id}}", f"jupyter-{name}").stdout == before
+    assert hub.server("GET", "api/status").status_code == 200
+
+
+def test_second_deploy_changes_nothing(local_host, site_path, cfg):
+    res = subprocess.run([sys.executable, "-m", "scirepo", "deploy", "--site", str(site_path),
+                          "--inventory", str(REPO / ".scirepo" / "local" / "inventory.json")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+    recap = ansible_recap(res.stdout)
+    assert recap[cfg["local"]["container"]]["changed"] == 0, res.stdout[-5000:]
+    assert recap[cfg["local"]["container"]]["failed"] == 0
