@@ -30,17 +30,18 @@ class HubUser:
     token: str = ""
 
     def __post_init__(self):
+        # `verify` is passed on every call: requests lets REQUESTS_CA_BUNDLE from the
+        # environment override a session's own setting.
         self.url = self.url.rstrip("/")
-        self.session.verify = self.cafile
 
     # -- login ------------------------------------------------------------------------
     def login(self, password: str) -> bool:
         """Submit the login form; True when the hub accepted the password."""
-        page = self.session.get(f"{self.url}/hub/login", timeout=30)
+        page = self.session.get(f"{self.url}/hub/login", timeout=30, verify=self.cafile)
         page.raise_for_status()
         xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
         res = self.session.post(
-            f"{self.url}/hub/login?next=", timeout=60, allow_redirects=False,
+            f"{self.url}/hub/login?next=", timeout=60, allow_redirects=False, verify=self.cafile,
             data={"username": self.name, "password": password, "_xsrf": xsrf})
         ok = res.status_code in (302, 303) and "jupyterhub-session-id" in self.session.cookies
         if ok and not self.token:
@@ -50,6 +51,7 @@ class HubUser:
     def _new_token(self) -> str:
         xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
         res = self.session.post(f"{self.url}/hub/api/users/{self.name}/tokens", timeout=30,
+                                verify=self.cafile,
                                 headers={"X-XSRFToken": xsrf, "Referer": f"{self.url}/hub/"},
                                 json={"note": "scirepo hubclient", "expires_in": 3600})
         if res.status_code != 201:

@@ -56,21 +56,25 @@ def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_u
         page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
         page.screenshot(path=str(shots / "jupyterlab.png"))
         page.click(".jp-LauncherCard[data-category='Notebook']")
-        page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                               timeout=60_000)
-        page.click(".jp-Notebook .jp-Cell .cm-content")
+        cell = page.locator(".jp-Notebook .jp-Cell").first
+        cell.locator(".cm-content").wait_for(timeout=60_000)
+        # The kernel is connected once the status bar says so; a cell run before that can
+        # be dropped by JupyterLab, so wait for it rather than for the notebook widget.
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+        cell.locator(".cm-content").click()
         page.keyboard.type("open('workspace/from-browser.txt', 'w').write('written in a cell')")
         page.keyboard.press("Shift+Enter")
-        page.wait_for_selector(".jp-OutputArea-output", timeout=60_000)
+        cell.locator(".jp-OutputArea-output").wait_for(timeout=60_000)
+        assert cell.locator(".jp-OutputArea-output").inner_text().strip() == "17"
         page.screenshot(path=str(shots / "cell.png"))
     finally:
+        page.screenshot(path=str(shots / "last.png"))
         page.close()
     client = ssh_client(cfg, name, password)
     try:
         deadline = time.monotonic() + 20
         while True:
-            rc, out, _ = ssh_run(client, "cat ~/workspace/from-browser.txt; "
+            rc, out, _ = ssh_run(client, "cat ~/workspace/from-browser.txt; echo; "
                                          "stat -c %U ~/workspace/from-browser.txt")
             if rc == 0 or time.monotonic() > deadline:
                 break

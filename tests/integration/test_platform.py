@@ -94,13 +94,14 @@ def test_server_runs_as_the_user_without_privileges(alice, host):
         "import os\n"
         "print(os.getuid(), os.getgid(), os.geteuid())\n"
         "st = open('/proc/self/status').read()\n"
-        "print([l.split()[1] for l in st.splitlines() if l.startswith(('NoNewPrivs','CapEff'))])\n"
+        "f = dict(l.split(':\\t', 1) for l in st.splitlines())\n"
+        "print(f['NoNewPrivs'].strip(), f['CapEff'].strip())\n"
         "print(os.environ['HOME'])\n")
     assert res["status"] == "ok", res
     ids, privs, home = res["stdout"].splitlines()
     user = host.user(name)
     assert ids.split() == [str(user.uid), str(user.gid), str(user.uid)]
-    assert privs == "['1', '0000000000000000']"
+    assert privs.split() == ["1", "0000000000000000"]
     assert home == user.home
 
 
