@@ -1,7 +1,5 @@
 """JupyterHub configuration of scirepo: everything comes from the site config on the host."""
 
-from pathlib import Path
-
 from scirepo.hub.config import ETC, apply
 
 apply(c)  # noqa: F821 - `c` is provided by JupyterHub

@@ -27,9 +27,22 @@ def build_wheel() -> Path:
     dist.mkdir(parents=True, exist_ok=True)
     for old in dist.glob("scirepo-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(dist), str(REPO)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(REPO),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (wheel,) = dist.glob("scirepo-*.whl")
     return wheel
 
@@ -39,14 +52,16 @@ def _tool(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-def run(site: Path, inventory: Path, credentials_dir: Path | None = None,
-        extra: list[str] | None = None) -> int:
+def run(
+    site: Path, inventory: Path, credentials_dir: Path | None = None, extra: list[str] | None = None
+) -> int:
     """Validate, then run ansible-playbook; returns its exit code."""
     cfg = siteconfig.resolve(siteconfig.load(site))
     images = BUILD / "images.json"
     if not images.exists():
         raise siteconfig.ConfigError(
-            [f"{images}: no image digests; run `scirepo images build` first"])
+            [f"{images}: no image digests; run `scirepo images build` first"]
+        )
     site_json = BUILD / "site.json"
     site_json.write_text(json.dumps({"scirepo": cfg}, indent=2))
     wheel = build_wheel()
@@ -57,12 +72,22 @@ def run(site: Path, inventory: Path, credentials_dir: Path | None = None,
         # No certificate in the site config: the operator's local CA signs one.
         tls.ensure_ca()
         crt, key = tls.ensure_server_cert(
-            "server", [cfg["site"]["hostname"], "localhost", "127.0.0.1"])
+            "server", [cfg["site"]["hostname"], "localhost", "127.0.0.1"]
+        )
         extra_vars.update(hub_tls_certificate=str(crt), hub_tls_key=str(key))
-    cmd = [_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
-           "-e", f"@{site_json}", "-e", f"@{images}",
-           "-e", json.dumps(extra_vars),
-           *(extra or [])]
+    cmd = [
+        _tool("ansible-playbook"),
+        "-i",
+        str(inventory),
+        str(REPO / "ansible" / "site.yml"),
+        "-e",
+        f"@{site_json}",
+        "-e",
+        f"@{images}",
+        "-e",
+        json.dumps(extra_vars),
+        *(extra or []),
+    ]
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"))
     progress.say("ansible-playbook ansible/site.yml")
     return subprocess.run(cmd, env=env).returncode
@@ -71,7 +96,12 @@ def run(site: Path, inventory: Path, credentials_dir: Path | None = None,
 def register(subparsers) -> None:
     p = subparsers.add_parser("deploy", help="deploy the site config to hosts with Ansible")
     p.add_argument("--site", type=Path, default=Path("site.yml"))
-    p.add_argument("--inventory", "-i", type=Path, required=True,
-                   help="Ansible inventory of Debian 12 hosts (see README: Real hosts)")
+    p.add_argument(
+        "--inventory",
+        "-i",
+        type=Path,
+        required=True,
+        help="Ansible inventory of Debian 12 hosts (see README: Real hosts)",
+    )
     p.add_argument("ansible_args", nargs="*", help="passed to ansible-playbook (after --)")
     p.set_defaults(func=lambda a: run(a.site, a.inventory, extra=a.ansible_args))

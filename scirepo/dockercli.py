@@ -19,13 +19,18 @@ class DockerError(ScirepoError):
     """A docker command failed; the message carries its stderr."""
 
 
-def docker(*args: str, capture: bool = False, buildkit: bool = False,
-           input: bytes | None = None) -> str:
+def docker(
+    *args: str, capture: bool = False, buildkit: bool = False, input: bytes | None = None
+) -> str:
     """Run `docker ARGS`; raise DockerError naming the command and its error output."""
     env = dict(os.environ, DOCKER_BUILDKIT="1") if buildkit else None
-    res = subprocess.run([DOCKER, *args], env=env, input=input,
-                         stdout=subprocess.PIPE if capture else None,
-                         stderr=subprocess.PIPE if capture else None)
+    res = subprocess.run(
+        [DOCKER, *args],
+        env=env,
+        input=input,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
     if res.returncode != 0:
         err = (res.stderr or b"").decode(errors="replace").strip()
         raise DockerError(f"docker {' '.join(args[:3])} ... failed: {err[-2000:]}")
@@ -38,3 +43,10 @@ def docker_ok() -> bool:
         return subprocess.run([DOCKER, "info"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages on this machine (the engine, the registry) when missing."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)

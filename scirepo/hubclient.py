@@ -41,8 +41,12 @@ class HubUser:
         page.raise_for_status()
         xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
         res = self.session.post(
-            f"{self.url}/hub/login?next=", timeout=60, allow_redirects=False, verify=self.cafile,
-            data={"username": self.name, "password": password, "_xsrf": xsrf})
+            f"{self.url}/hub/login?next=",
+            timeout=60,
+            allow_redirects=False,
+            verify=self.cafile,
+            data={"username": self.name, "password": password, "_xsrf": xsrf},
+        )
         ok = res.status_code in (302, 303) and "jupyterhub-session-id" in self.session.cookies
         if ok and not self.token:
             self.token = self._new_token()
@@ -50,10 +54,13 @@ class HubUser:
 
     def _new_token(self) -> str:
         xsrf = self.session.cookies.get("_xsrf", path="/hub/") or ""
-        res = self.session.post(f"{self.url}/hub/api/users/{self.name}/tokens", timeout=30,
-                                verify=self.cafile,
-                                headers={"X-XSRFToken": xsrf, "Referer": f"{self.url}/hub/"},
-                                json={"note": "scirepo hubclient", "expires_in": 3600})
+        res = self.session.post(
+            f"{self.url}/hub/api/users/{self.name}/tokens",
+            timeout=30,
+            verify=self.cafile,
+            headers={"X-XSRFToken": xsrf, "Referer": f"{self.url}/hub/"},
+            json={"note": "scirepo hubclient", "expires_in": 3600},
+        )
         if res.status_code != 201:
             raise HubError(f"token request: {res.status_code} {res.text[:300]}")
         return res.json()["token"]
@@ -61,8 +68,14 @@ class HubUser:
     def api(self, method: str, path: str, **kw) -> requests.Response:
         """Call the hub REST API (path below /hub/api) with the user's token."""
         headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
-        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers,
-                                verify=self.cafile, timeout=kw.pop("timeout", 60), **kw)
+        return requests.request(
+            method,
+            f"{self.url}/hub/api{path}",
+            headers=headers,
+            verify=self.cafile,
+            timeout=kw.pop("timeout", 60),
+            **kw,
+        )
 
     # -- server -----------------------------------------------------------------------
     def start_server(self, deadline: float = 180, image: str | None = None) -> float:
@@ -102,12 +115,19 @@ class HubUser:
     def server(self, method: str, path: str, **kw) -> requests.Response:
         """Call the user's single-user server (path below /user/NAME/) with the token."""
         headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
-        return requests.request(method, f"{self.url}/user/{self.name}/{path}", headers=headers,
-                                verify=self.cafile, timeout=kw.pop("timeout", 60), **kw)
+        return requests.request(
+            method,
+            f"{self.url}/user/{self.name}/{path}",
+            headers=headers,
+            verify=self.cafile,
+            timeout=kw.pop("timeout", 60),
+            **kw,
+        )
 
     def put_file(self, path: str, text: str) -> dict:
-        res = self.server("PUT", f"api/contents/{path}",
-                          json={"type": "file", "format": "text", "content": text})
+        res = self.server(
+            "PUT", f"api/contents/{path}", json={"type": "file", "format": "text", "content": text}
+        )
         if res.status_code not in (200, 201):
             raise HubError(f"PUT {path}: {res.status_code} {res.text[:300]}")
         return res.json()
@@ -122,16 +142,35 @@ class HubUser:
         sslopt = {"ca_certs": self.cafile} if isinstance(self.cafile, str) else {}
         ws = websocket.create_connection(
             f"{ws_url}/user/{self.name}/api/kernels/{kid}/channels",
-            header=[f"Authorization: token {self.token}"], sslopt=sslopt, timeout=timeout)
+            header=[f"Authorization: token {self.token}"],
+            sslopt=sslopt,
+            timeout=timeout,
+        )
         try:
             msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": self.name,
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
-            }))
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": "execute_request",
+                            "username": self.name,
+                            "session": uuid.uuid4().hex,
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                    }
+                )
+            )
             out = {"stdout": "", "stderr": "", "status": None}
             t0 = time.monotonic()
             while out["status"] is None or not out.get("_idle"):

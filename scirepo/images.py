@@ -343,11 +343,13 @@ def images_document(hub: dict | None, stacks: dict[str, dict]) -> dict:
     """The document of build/images.json (shape fixed in the project's interfaces)."""
     doc: dict = {"stacks": {}}
     if hub:
-        doc["hub"] = {"ref": hub["ref"], "tag": hub["tag"]}
+        doc["hub"] = {"ref": hub["ref"], "tag": hub["tag"], "push_ref": hub["push_ref"]}
     for name, built in stacks.items():
         doc["stacks"][name] = {
             "ref": built["ref"],
             "tag": built["tag"],
+            # The same digest under the address it was pushed to from the build machine.
+            "push_ref": built["push_ref"],
             "manifest": built["manifest"],
         }
     return {"scirepo_images": doc}

@@ -10,7 +10,6 @@ is already done, so a second `up` is quick and the playbook reports changed=0.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import time
 from pathlib import Path
 
 from scirepo import config as siteconfig
-from scirepo import deploy, progress, tls
-from scirepo.dockercli import DOCKER, docker, docker_ok
+from scirepo import deploy, images, progress, registry, tls
+from scirepo.dockercli import DOCKER, apt_install, docker, docker_ok
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".scirepo"
@@ -27,11 +26,31 @@ LOCAL = STATE / "local"
 HOST_IMAGE = "scirepo/host:bookworm"
 # Capabilities a systemd container with its own dockerd needs where --privileged is refused
 # (ref: ../shared/MACHINE.md, measured on these machines).
-HOST_CAPS = (
-    "SYS_ADMIN NET_ADMIN SYS_PTRACE MAC_ADMIN MAC_OVERRIDE SYSLOG WAKE_ALARM BLOCK_SUSPEND "
-    "AUDIT_READ SYS_MODULE SYS_RAWIO SYS_TIME AUDIT_CONTROL SYS_BOOT LEASE LINUX_IMMUTABLE "
-    "IPC_LOCK SYS_NICE SYS_PACCT SYS_TTY_CONFIG NET_BROADCAST IPC_OWNER DAC_READ_SEARCH"
-).split()
+HOST_CAPS = [
+    "SYS_ADMIN",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_TIME",
+    "AUDIT_CONTROL",
+    "SYS_BOOT",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "IPC_LOCK",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_TTY_CONFIG",
+    "NET_BROADCAST",
+    "IPC_OWNER",
+    "DAC_READ_SEARCH",
+]
 
 
 def _volume(cfg: dict) -> str:
@@ -44,7 +63,7 @@ def ensure_engine() -> None:
         return
     if not Path("/usr/sbin/dockerd").exists():
         progress.say("installing the Docker engine (Debian's docker.io)")
-        _apt_install(["docker.io"])
+        apt_install(["docker.io"])
     if Path("/run/systemd/system").is_dir():
         subprocess.run(["systemctl", "start", "docker"], check=True)
     else:
@@ -54,58 +73,84 @@ def ensure_engine() -> None:
     progress.wait_for("the Docker engine", docker_ok, deadline=60)
 
 
-def _apt_install(packages: list[str]) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)
-
-
 def gateway_ip() -> str:
     """Address of this machine on Docker's default bridge, reachable from containers."""
-    out = docker("network", "inspect", "bridge", "-f",
-                 "{{range .IPAM.Config}}{{.Gateway}}{{end}}", capture=True).strip()
+    out = docker(
+        "network",
+        "inspect",
+        "bridge",
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        capture=True,
+    ).strip()
     if out:
         return out
-    show = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"],
-                          capture_output=True, text=True, check=True).stdout
+    show = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
+    ).stdout
     return show.split()[3].split("/")[0]
 
 
 def host_state(cfg: dict) -> str:
     """'running', 'exited', ... or '' when the host container does not exist."""
-    res = subprocess.run([DOCKER, "inspect", "-f", "{{.State.Status}}", cfg["local"]["container"]],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [DOCKER, "inspect", "-f", "{{.State.Status}}", cfg["local"]["container"]],
+        capture_output=True,
+        text=True,
+    )
     return res.stdout.strip() if res.returncode == 0 else ""
 
 
 def _run_host(cfg: dict) -> None:
     name, loc = cfg["local"]["container"], cfg["local"]
     common = [
-        "run", "-d", "--name", name, "--hostname", name,
-        "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs", "/run", "--tmpfs", "/run/lock",
-        "-v", f"{_volume(cfg)}:/var/lib/docker",
-        "--add-host", f"{cfg['images']['registry'].split(':')[0]}:host-gateway",
-        "-p", f"127.0.0.1:{loc['https_port']}:443",
-        "-p", f"127.0.0.1:{loc['ssh_port']}:{cfg['ssh']['port']}",
-        "--label", "org.scirepo.role=local-host",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--cgroupns=host",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "-v",
+        f"{_volume(cfg)}:/var/lib/docker",
+        "--add-host",
+        f"{cfg['images']['registry'].split(':')[0]}:host-gateway",
+        "-p",
+        f"127.0.0.1:{loc['https_port']}:443",
+        "-p",
+        f"127.0.0.1:{loc['ssh_port']}:{cfg['ssh']['port']}",
+        "--label",
+        "org.scirepo.role=local-host",
     ]
-    res = subprocess.run([DOCKER, *common[:4], "--privileged", *common[4:], HOST_IMAGE],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [DOCKER, *common[:4], "--privileged", *common[4:], HOST_IMAGE],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode == 0:
         return
     # Kernels that refuse --privileged ("unable to apply caps") take explicit capabilities.
     progress.say("--privileged refused here; starting the host with explicit capabilities")
     subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
     caps = [a for c in HOST_CAPS for a in ("--cap-add", c)]
-    secopts = [a for o in ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined")
-               for a in ("--security-opt", o)]
+    secopts = [
+        a
+        for o in ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined")
+        for a in ("--security-opt", o)
+    ]
     docker(*common[:4], *caps, *secopts, *common[4:], HOST_IMAGE)
 
 
 def _host_booted(name: str) -> bool:
-    res = subprocess.run([DOCKER, "exec", name, "systemctl", "is-system-running"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [DOCKER, "exec", name, "systemctl", "is-system-running"], capture_output=True, text=True
+    )
     return res.stdout.strip() in ("running", "degraded")
 
 
@@ -120,8 +165,17 @@ def ensure_host(cfg: dict, base_image: str) -> None:
         docker("start", name, capture=True)
     else:
         progress.say(f"building the host image {HOST_IMAGE}")
-        docker("build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", HOST_IMAGE,
-               str(REPO / "local" / "host"), capture=True, buildkit=True)
+        docker(
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE_IMAGE={base_image}",
+            "-t",
+            HOST_IMAGE,
+            str(REPO / "local" / "host"),
+            capture=True,
+            buildkit=True,
+        )
         progress.say(f"creating the host container {name}")
         _run_host(cfg)
     progress.wait_for("systemd in the host", lambda: _host_booted(name), deadline=90)
@@ -133,8 +187,10 @@ def _bootstrap_deploy_account(cfg: dict) -> None:
     user, name = cfg["ssh"]["deploy_user"], cfg["local"]["container"]
     key = LOCAL / "deploy_key"
     if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scirepo-deploy",
-                        "-f", str(key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scirepo-deploy", "-f", str(key)],
+            check=True,
+        )
     pub = (LOCAL / "deploy_key.pub").read_text().strip()
     script = f"""set -e
 id -u {user} >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash {user}
@@ -178,8 +234,15 @@ def up(site: Path) -> int:
     """Bring the local host up (or bring it back), deploy, and say where things are."""
     started = time.monotonic()
     cfg = siteconfig.resolve(siteconfig.load(site))
-    steps = progress.Steps(["Docker engine", "local CA and registry", "images",
-                            "host container", "deploy with Ansible"])
+    steps = progress.Steps(
+        [
+            "Docker engine",
+            "local CA and registry",
+            "images",
+            "host container",
+            "deploy with Ansible",
+        ]
+    )
     steps.next()
     LOCAL.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o700)
@@ -187,16 +250,11 @@ def up(site: Path) -> int:
     steps.next()
     gw = gateway_ip()
     tls.ensure_ca()
-    from scirepo import registry  # noqa: PLC0415 - only the local path needs it
-
     push_registry = registry.ensure(cfg, gw)
     steps.next()
-    from scirepo import images  # noqa: PLC0415
-
-    base_image = images.ensure_base_image(cfg)
-    images.build_all(cfg, push_registry=push_registry)
+    images.build_all(cfg, push_registry=push_registry)  # makes images.DEBIAN_IMAGE first
     steps.next()
-    ensure_host(cfg, base_image)
+    ensure_host(cfg, images.DEBIAN_IMAGE)
     steps.next()
     inventory = write_inventory(cfg)
     rc = deploy.run(site, inventory, credentials_dir=LOCAL)
@@ -218,8 +276,10 @@ def _print_summary(cfg: dict, seconds: float) -> None:
     ]
     if admin:
         lines.append(f"  Admin        {admin}: first password in {LOCAL}/admin-credentials-{admin}")
-    lines.append(f"  Add a user   {sys.argv[0].rsplit('/', 1)[-1]} local exec scirepo user add "
-                 "NAME --name 'Full Name' --email ADDRESS")
+    lines.append(
+        f"  Add a user   {sys.argv[0].rsplit('/', 1)[-1]} local exec scirepo user add "
+        "NAME --name 'Full Name' --email ADDRESS"
+    )
     print("\n".join(lines), flush=True)
 
 
@@ -231,8 +291,6 @@ def down(site: Path) -> int:
     if host_state(cfg) == "running":
         progress.say(f"stopping {cfg['local']['container']} (data kept)")
         docker("stop", cfg["local"]["container"], capture=True)
-    from scirepo import registry  # noqa: PLC0415
-
     registry.stop()
     return 0
 
@@ -243,8 +301,6 @@ def clean(site: Path) -> int:
     if docker_ok():
         subprocess.run([DOCKER, "rm", "-f", cfg["local"]["container"]], capture_output=True)
         subprocess.run([DOCKER, "volume", "rm", "-f", _volume(cfg)], capture_output=True)
-    from scirepo import registry  # noqa: PLC0415
-
     registry.stop()
     registry.remove_data()
     shutil.rmtree(LOCAL, ignore_errors=True)
@@ -257,15 +313,19 @@ def exec_on_host(site: Path, command: list[str]) -> int:
     """Run a command as root on the local host (what `sudo` over SSH is on a real host)."""
     cfg = siteconfig.resolve(siteconfig.load(site))
     tty = ["-t"] if sys.stdin.isatty() else []
-    return subprocess.run([DOCKER, "exec", "-i", *tty, cfg["local"]["container"], *command]).returncode
+    return subprocess.run(
+        [DOCKER, "exec", "-i", *tty, cfg["local"]["container"], *command]
+    ).returncode
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("local", help="the local repository host (make up/down/clean)")
     sub = p.add_subparsers(dest="local_command", required=True)
-    for verb, fn, text in (("up", up, "build, start and deploy the local host"),
-                           ("down", down, "stop the local host, keeping its data"),
-                           ("clean", clean, "remove the local host and its data")):
+    for verb, fn, text in (
+        ("up", up, "build, start and deploy the local host"),
+        ("down", down, "stop the local host, keeping its data"),
+        ("clean", clean, "remove the local host and its data"),
+    ):
         s = sub.add_parser(verb, help=text)
         s.add_argument("--site", type=Path, default=Path("site.yml"))
         s.set_defaults(func=lambda a, fn=fn: fn(a.site))

@@ -11,6 +11,7 @@ from scirepo.config import ScirepoError
 class NotReady(ScirepoError, TimeoutError):
     """A wait ran past its deadline; the message names what was awaited."""
 
+
 _T0 = time.monotonic()
 
 
@@ -30,8 +31,13 @@ class Steps:
         print(f"[{self.index}/{len(self.names)}] {name}", flush=True)
 
 
-def wait_for(what: str, check: Callable[[], bool], deadline: float = 60.0,
-             first: float = 0.2, cap: float = 3.0) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    deadline: float = 60.0,
+    first: float = 0.2,
+    cap: float = 3.0,
+) -> None:
     """Poll `check` with exponential backoff until it is true; TimeoutError after deadline."""
     end, delay = time.monotonic() + deadline, first
     while True:

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from scirepo import progress, tls
+from scirepo.dockercli import apt_install
 
 DIR = tls.TLS_DIR.parent / "registry"
 PIDFILE = DIR / "registry.pid"
@@ -38,11 +39,9 @@ def _running() -> bool:
 
 def ensure(cfg: dict, gateway: str) -> str:
     """Start the registry if needed; return the address to push to (gateway:port)."""
-    from scirepo.local import _apt_install  # noqa: PLC0415 - avoid an import cycle
-
     if not Path(BINARY).exists():
         progress.say("installing Debian's docker-registry")
-        _apt_install(["docker-registry"])
+        apt_install(["docker-registry"])
     port = cfg["local"]["registry_port"]
     addr = f"{gateway}:{port}"
     pull_host = cfg["images"]["registry"].split(":")[0]
@@ -67,8 +66,9 @@ def ensure(cfg: dict, gateway: str) -> str:
         f"http: {{addr: '{addr}', tls: {{certificate: '{crt}', key: '{key}'}}}}\n"
     )
     log = open(DIR / "registry.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([BINARY, "serve", str(conf)], stdout=log, stderr=log,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [BINARY, "serve", str(conf)], stdout=log, stderr=log, start_new_session=True
+    )
     PIDFILE.write_text(str(proc.pid))
     progress.wait_for(f"the registry at {addr}", lambda: _answers(addr), deadline=30)
     progress.say(f"registry at {addr}")

@@ -30,11 +30,27 @@ def ensure_ca() -> Path:
     if not (CA_CERT.exists() and CA_KEY.exists()):
         old = os.umask(0o077)
         try:
-            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                     "-nodes", "-keyout", str(CA_KEY), "-out", str(CA_CERT), "-days", "3650",
-                     "-subj", "/CN=scirepo local CA",
-                     "-addext", "basicConstraints=critical,CA:TRUE",
-                     "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+            _openssl(
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(CA_KEY),
+                "-out",
+                str(CA_CERT),
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=scirepo local CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            )
         finally:
             os.umask(old)
         CA_CERT.chmod(0o644)
@@ -61,13 +77,42 @@ def ensure_server_cert(name: str, names: list[str]) -> tuple[Path, Path]:
     old = os.umask(0o077)
     try:
         csr = TLS_DIR / f"{name}.csr"
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}")
+        _openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={names[0]}",
+        )
         ext = TLS_DIR / f"{name}.ext"
-        ext.write_text(f"subjectAltName={wanted}\nbasicConstraints=CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(CA_CERT), "-CAkey", str(CA_KEY),
-                 "-CAcreateserial", "-out", str(crt), "-days", str(DAYS), "-extfile", str(ext))
+        ext.write_text(
+            f"subjectAltName={wanted}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(CA_CERT),
+            "-CAkey",
+            str(CA_KEY),
+            "-CAcreateserial",
+            "-out",
+            str(crt),
+            "-days",
+            str(DAYS),
+            "-extfile",
+            str(ext),
+        )
         csr.unlink()
         ext.unlink()
     finally:

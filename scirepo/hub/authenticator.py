@@ -18,8 +18,11 @@ from scirepo.authd import query
 class ScirepoAuthenticator(Authenticator):
     """Authenticate with the host's PAM stack via scirepo-authd."""
 
-    socket_path = Unicode("/run/scirepo/authd.sock", config=True,
-                          help="Unix socket of scirepo-authd (mounted from the host).")
+    socket_path = Unicode(
+        "/run/scirepo/authd.sock",
+        config=True,
+        help="Unix socket of scirepo-authd (mounted from the host).",
+    )
     timeout = Float(15.0, config=True, help="Seconds to wait for authd.")
 
     async def authenticate(self, handler, data):
@@ -29,9 +32,11 @@ class ScirepoAuthenticator(Authenticator):
             return None
         try:
             answer = await asyncio.to_thread(
-                query, self.socket_path,
+                query,
+                self.socket_path,
                 {"op": "authenticate", "username": username, "password": password},
-                self.timeout)
+                self.timeout,
+            )
         except OSError as exc:
             self.log.error("authd unreachable at %s: %s", self.socket_path, exc)
             return None
@@ -39,5 +44,4 @@ class ScirepoAuthenticator(Authenticator):
             self.log.warning("login refused for %s: %s", username, answer.get("error"))
             return None
         user = answer["user"]
-        return {"name": user["name"], "groups": user.get("groups", []),
-                "auth_state": None}
+        return {"name": user["name"], "groups": user.get("groups", []), "auth_state": None}

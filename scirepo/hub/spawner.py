@@ -26,32 +26,48 @@ class ScirepoSpawner(DockerSpawner):
 
     async def _host_user(self) -> dict:
         answer = await asyncio.to_thread(
-            query, self.authd_socket, {"op": "lookup", "username": self.user.name},
-            self.authd_timeout)
+            query,
+            self.authd_socket,
+            {"op": "lookup", "username": self.user.name},
+            self.authd_timeout,
+        )
         if not answer.get("ok"):
-            raise RuntimeError(f"user {self.user.name} is not a platform user on this host: "
-                               f"{answer.get('error')}")
+            raise RuntimeError(
+                f"user {self.user.name} is not a platform user on this host: {answer.get('error')}"
+            )
         return answer["user"]
 
     def _mounts(self, user: dict) -> list[dict]:
         p, name = self.paths, user["name"]
         workspace = f"{p['workspaces']}/{name}"
-        spec = [(user["home"], False), (workspace, False), (p["data"], True),
-                (p["software"], True), (p["upload"], False)]
+        spec = [
+            (user["home"], False),
+            (workspace, False),
+            (p["data"], True),
+            (p["software"], True),
+            (p["upload"], False),
+        ]
         # Same absolute paths as on the host: ~/workspace is a symlink that resolves in both.
-        return [{"type": "bind", "source": src, "target": src, "read_only": ro}
-                for src, ro in spec]
+        return [{"type": "bind", "source": src, "target": src, "read_only": ro} for src, ro in spec]
 
     async def start(self):
         user = await self._host_user()
         if user["uid"] == 0:
             raise RuntimeError("refusing to start a server for uid 0")
         self.mounts = self._mounts(user)
-        groups = [f"{g}:{gid}" for g, gid in zip(user["groups"], user["group_ids"], strict=True)
-                  if gid != user["gid"]]
-        self.environment.update({
-            "NB_USER": user["name"], "NB_UID": str(user["uid"]), "NB_GID": str(user["gid"]),
-            "NB_GROUPS": ",".join(groups), "NB_HOME": user["home"],
-        })
+        groups = [
+            f"{g}:{gid}"
+            for g, gid in zip(user["groups"], user["group_ids"], strict=True)
+            if gid != user["gid"]
+        ]
+        self.environment.update(
+            {
+                "NB_USER": user["name"],
+                "NB_UID": str(user["uid"]),
+                "NB_GID": str(user["gid"]),
+                "NB_GROUPS": ",".join(groups),
+                "NB_HOME": user["home"],
+            }
+        )
         self.notebook_dir = user["home"]
         return await super().start()

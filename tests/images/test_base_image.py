@@ -1,9 +1,10 @@
 """Tests of a built notebook image (the base stack, or a child stack, which inherits them).
 
-The image comes from env SCIREPO_TEST_IMAGE (a tag or a digest reference); the tests are
-skipped without it. Each test runs real containers of the image with Debian's docker client:
-the locked packages are what is installed, the entrypoint drops root for good to the user
-the hub names, the image has no setuid binaries nor sudo, and JupyterLab serves its API.
+The image is env SCIREPO_TEST_IMAGE (a tag or a digest reference) when set, else the base
+image of this tree that `scirepo local up` (the `local_host` fixture) built and pushed. Each
+test runs real containers of the image with Debian's docker client: the locked packages are
+what is installed, the entrypoint drops root for good to the user the hub names, the image
+has no setuid binaries nor sudo, and JupyterLab serves its API.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ USER_ENV = ["-e", "NB_USER=alice", "-e", f"NB_UID={UID}", "-e", f"NB_GID={UID}"]
 # What `python3 -m venv` puts in a venv besides the lock.
 VENV_SEED = {"pip", "setuptools", "wheel"}
 
-pytestmark = pytest.mark.skipif(not IMAGE, reason="set SCIREPO_TEST_IMAGE to an image to test")
+
+@pytest.fixture(scope="module", autouse=True)
+def image(request) -> str:
+    """The image under test; without SCIREPO_TEST_IMAGE, this tree's freshly built base."""
+    global IMAGE
+    if not IMAGE:
+        request.getfixturevalue("local_host")
+        IMAGE = images.load_images_json()["stacks"][images.PARENT_STACK]["push_ref"]
+    return IMAGE
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

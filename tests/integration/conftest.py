@@ -7,19 +7,14 @@ Users made by tests are real Unix users on the host, removed at the end of the s
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import paramiko
 import pytest
 import testinfra
 
-from scirepo import config as siteconfig
 from scirepo import tls
 from scirepo.dockercli import DOCKER
 from scirepo.hubclient import HubUser
@@ -29,41 +24,18 @@ LOCAL = REPO / ".scirepo" / "local"
 
 
 @pytest.fixture(scope="session")
-def site_path(pytestconfig) -> Path:
-    path = pytestconfig.getoption("--site")
-    if not path.exists():
-        path = REPO / "site.example.yml"
-    return path
-
-
-@pytest.fixture(scope="session")
-def cfg(site_path) -> dict:
-    return siteconfig.resolve(siteconfig.load(site_path))
-
-
-@pytest.fixture(scope="session")
-def local_host(site_path, cfg) -> dict:
-    """Bring the local host up (or redeploy it); record how long that took."""
-    t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "scirepo", "local", "up", "--site",
-                          str(site_path)], cwd=REPO, capture_output=True, text=True)
-    (REPO / "build").mkdir(exist_ok=True)
-    (REPO / "build" / "up.log").write_text(res.stdout + res.stderr)
-    if res.returncode != 0:
-        pytest.fail(f"scirepo local up failed (log in build/up.log):\n{res.stdout[-4000:]}"
-                    f"\n{res.stderr[-3000:]}")
-    return {"seconds": time.monotonic() - t0, "output": res.stdout}
-
-
-@pytest.fixture(scope="session")
 def host(local_host, cfg):
     """testinfra host: the host container, as root (what sudo over SSH is on a real host)."""
     return testinfra.get_host(f"docker://{cfg['local']['container']}")
 
 
 def on_host(cfg: dict, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([DOCKER, "exec", "-i", cfg["local"]["container"], *cmd], input=input,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [DOCKER, "exec", "-i", cfg["local"]["container"], *cmd],
+        input=input,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +57,19 @@ class Users:
     def add(self, prefix: str = "t") -> tuple[str, str]:
         name = f"{prefix}{secrets.token_hex(3)}"
         pwfile = f"{self.cfg['paths']['secrets']}/test-password-{name}"
-        res = on_host(self.cfg, "scirepo", "user", "add", name, "--name", f"Test {name}",
-                      "--email", f"{name}@example.org", "--password-file", pwfile)
+        res = on_host(
+            self.cfg,
+            "scirepo",
+            "user",
+            "add",
+            name,
+            "--name",
+            f"Test {name}",
+            "--email",
+            f"{name}@example.org",
+            "--password-file",
+            pwfile,
+        )
         assert res.returncode == 0, res.stderr
         self.made.append(name)
         password = on_host(self.cfg, "cat", pwfile).stdout
@@ -121,8 +104,16 @@ def users(local_host, cfg, hub_url, cafile):
 def ssh_client(cfg: dict, user: str, password: str) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - local test host
-    client.connect("127.0.0.1", port=cfg["local"]["ssh_port"], username=user, password=password,
-                   allow_agent=False, look_for_keys=False, timeout=20, auth_timeout=20)
+    client.connect(
+        "127.0.0.1",
+        port=cfg["local"]["ssh_port"],
+        username=user,
+        password=password,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=20,
+        auth_timeout=20,
+    )
     return client
 
 
@@ -130,6 +121,17 @@ def ssh_run(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
     _, out, err = client.exec_command(command, timeout=60)
     rc = out.channel.recv_exit_status()
     return rc, out.read().decode(), err.read().decode()
+
+
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name: changed line' for every task an ansible-playbook run reported changed."""
+    task, out = "", []
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].split("]", 1)[0]
+        elif line.startswith("changed:"):
+            out.append(f"{task}: {line}")
+    return out
 
 
 def ansible_recap(output: str) -> dict:
@@ -141,9 +143,5 @@ def ansible_recap(output: str) -> dict:
             continue
         if seen and ":" in line and "ok=" in line:
             host, rest = line.split(":", 1)
-            recap[host.strip()] = {k: int(v) for k, v in
-                                   (kv.split("=") for kv in rest.split())}
+            recap[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
     return recap
-
-
-__all__ = ["ansible_recap", "json", "on_host", "os", "ssh_client", "ssh_run"]

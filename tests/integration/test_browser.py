@@ -18,9 +18,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def _spki_hash(cert: Path) -> str:
     """base64 SHA-256 of the certificate's public key, for Chromium's per-key trust flag."""
+    pem = subprocess.run(
+        ["openssl", "x509", "-pubkey", "-noout", "-in", str(cert)], check=True, capture_output=True
+    ).stdout
     der = subprocess.run(
-        "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der".format(cert),
-        shell=True, check=True, capture_output=True).stdout  # noqa: S602 - fixed local paths
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=pem, check=True, capture_output=True
+    ).stdout
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
@@ -33,11 +36,19 @@ def browser(tmp_path_factory):
     # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
     spki = _spki_hash(REPO / ".scirepo" / "tls" / "server.crt")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", f"--ignore-certificate-errors-spki-list={spki}",
-        ])
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--ignore-certificate-errors-spki-list={spki}",
+            ],
+        )
         yield b
         b.close()
 
@@ -74,8 +85,10 @@ def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_u
     try:
         deadline = time.monotonic() + 20
         while True:
-            rc, out, _ = ssh_run(client, "cat ~/workspace/from-browser.txt; echo; "
-                                         "stat -c %U ~/workspace/from-browser.txt")
+            rc, out, _ = ssh_run(
+                client,
+                "cat ~/workspace/from-browser.txt; echo; stat -c %U ~/workspace/from-browser.txt",
+            )
             if rc == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -191,11 +191,12 @@ def test_images_document_shape():
     doc = images.images_document(hub, {"base": base})
     assert doc == {
         "scirepo_images": {
-            "hub": {"ref": "r:5000/ns/hub@sha256:1", "tag": "r:5000/ns/hub:t"},
+            "hub": {"ref": "r:5000/ns/hub@sha256:1", "tag": "r:5000/ns/hub:t", "push_ref": "p"},
             "stacks": {
                 "base": {
                     "ref": "r:5000/ns/base@sha256:2",
                     "tag": "r:5000/ns/base:t",
+                    "push_ref": "q",
                     "manifest": {"name": "base"},
                 }
             },
