@@ -211,3 +211,24 @@ def test_second_deploy_changes_nothing(local_host, site_path, cfg):
     recap = ansible_recap(res.stdout)
     assert recap[cfg["local"]["container"]]["changed"] == 0, changed_tasks(res.stdout)
     assert recap[cfg["local"]["container"]]["failed"] == 0
+
+
+def test_admins_come_from_the_site_config(cfg, users, alice):
+    """The configured admin exists on the host and is a hub admin; other users are not."""
+    admin = cfg["users"]["admins"][0]
+    assert on_host(cfg, "id", "-nG", admin).stdout.split()[1:] == [cfg["users"]["group"]]
+    name, _, hub = alice
+    assert hub.api("GET", f"/users/{name}").json()["admin"] is False
+    # Only an admin may list all users: the API refuses a plain user.
+    assert hub.api("GET", "/users").status_code == 403
+
+
+def test_stopped_server_container_is_removed(users, cfg):
+    name, password = users.add("r")
+    hub = users.hub(name)
+    assert hub.login(password)
+    hub.start_server()
+    assert on_host(cfg, "docker", "inspect", f"jupyter-{name}").returncode == 0
+    hub.stop_server()
+    gone = on_host(cfg, "docker", "inspect", f"jupyter-{name}")
+    assert gone.returncode != 0 and "No such object" in gone.stderr
