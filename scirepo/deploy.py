@@ -19,6 +19,8 @@ from scirepo import progress, tls
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
+# First passwords of the admins, fetched from each host: CREDENTIALS/<host>/admin-<name>.
+CREDENTIALS = REPO / ".scirepo" / "credentials"
 
 
 def build_wheel() -> Path:
@@ -65,8 +67,8 @@ def run(
     site_json = BUILD / "site.json"
     site_json.write_text(json.dumps({"scirepo": cfg}, indent=2))
     wheel = build_wheel()
-    creds = credentials_dir or (REPO / ".scirepo" / "hosts")
-    creds.mkdir(parents=True, exist_ok=True)
+    creds = credentials_dir or CREDENTIALS
+    creds.mkdir(parents=True, exist_ok=True, mode=0o700)
     extra_vars = {"base_wheel": str(wheel), "scirepo_credentials_dir": str(creds)}
     if not cfg["tls"]["certificate"]:
         # No certificate in the site config: the operator's local CA signs one.
@@ -90,7 +92,16 @@ def run(
     ]
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"))
     progress.say("ansible-playbook ansible/site.yml")
-    return subprocess.run(cmd, env=env).returncode
+    rc = subprocess.run(cmd, env=env).returncode
+    _private_tree(creds)
+    return rc
+
+
+def _private_tree(top: Path) -> None:
+    """Fetched credentials are the operator's alone: directories 0700, files 0600."""
+    top.chmod(0o700)
+    for path in top.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def register(subparsers) -> None:

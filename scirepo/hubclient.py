@@ -65,17 +65,15 @@ class HubUser:
             raise HubError(f"token request: {res.status_code} {res.text[:300]}")
         return res.json()["token"]
 
-    def api(self, method: str, path: str, **kw) -> requests.Response:
-        """Call the hub REST API (path below /hub/api) with the user's token."""
+    def _call(self, method: str, url: str, timeout: float = 60, **kw) -> requests.Response:
         headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
         return requests.request(
-            method,
-            f"{self.url}/hub/api{path}",
-            headers=headers,
-            verify=self.cafile,
-            timeout=kw.pop("timeout", 60),
-            **kw,
+            method, url, headers=headers, verify=self.cafile, timeout=timeout, **kw
         )
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        """Call the hub REST API (path below /hub/api) with the user's token."""
+        return self._call(method, f"{self.url}/hub/api{path}", **kw)
 
     # -- server -----------------------------------------------------------------------
     def start_server(self, deadline: float = 180, image: str | None = None) -> float:
@@ -114,15 +112,7 @@ class HubUser:
 
     def server(self, method: str, path: str, **kw) -> requests.Response:
         """Call the user's single-user server (path below /user/NAME/) with the token."""
-        headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
-        return requests.request(
-            method,
-            f"{self.url}/user/{self.name}/{path}",
-            headers=headers,
-            verify=self.cafile,
-            timeout=kw.pop("timeout", 60),
-            **kw,
-        )
+        return self._call(method, f"{self.url}/user/{self.name}/{path}", **kw)
 
     def put_file(self, path: str, text: str) -> dict:
         res = self.server(

@@ -1,8 +1,10 @@
 """Build, push and lock the platform's container images (on the operator's machine or in CI).
 
-Three kinds of image, all on one Debian 12 base (`scirepo/debian:bookworm`):
+Four kinds of image, all on one Debian 12 base (`scirepo/debian:bookworm`):
 - the Debian base itself: pulled from `build.base_image`, or bootstrapped with debootstrap
   from a Debian mirror (air-gapped builds; `ensure_base_image`);
+- the runtime (`images/runtime`: Debian's Python, venv, tini), the local parent of the base
+  stack and the hub, so that they share those layers; never pushed (`build_runtime`);
 - notebook stacks, one per key of `images.stacks`, built from `images/<name>/` (`base` is
   the parent of every other stack, which gets it pinned by digest as build arg BASE_IMAGE);
 - the hub, built from `hub/Dockerfile` with the repository root as context.
@@ -45,6 +47,8 @@ BUILD = REPO / "build"
 IMAGES_JSON = BUILD / "images.json"
 LOGS = BUILD / "logs"
 DEBIAN_IMAGE = "scirepo/debian:bookworm"
+# Shared local parent of the base stack and the hub (images/runtime); never pushed.
+RUNTIME_IMAGE = "scirepo/runtime:bookworm"
 SUITE = "bookworm"
 HUB = "hub"
 # The stack every other stack starts from (schema: images.stacks).
@@ -412,7 +416,7 @@ def build_image(
 
     Returns {"tag", "ref", "digest", "push_ref", "manifest"}: `tag` and `ref` name the image
     at `images.registry` (what the host pulls), `push_ref` at `push_registry`. `base_ref` is
-    the BASE_IMAGE build arg (default: the Debian base).
+    the BASE_IMAGE build arg (default: the shared runtime image).
     """
     dockerfile, context, lock_dir = _paths(name)
     if not dockerfile.exists():
@@ -444,7 +448,7 @@ def build_image(
         "-t",
         push_tag,
         "--build-arg",
-        f"BASE_IMAGE={base_ref or DEBIAN_IMAGE}",
+        f"BASE_IMAGE={base_ref or RUNTIME_IMAGE}",
         "--label",
         f"{MANIFEST_LABEL}={json.dumps(man, sort_keys=True)}",
         "--label",
@@ -498,6 +502,15 @@ def load_images_json(path: Path | None = None) -> dict:
         return {"stacks": {}}
 
 
+def build_runtime(cfg: dict) -> str:
+    """Build RUNTIME_IMAGE (images/runtime) from the Debian base; a no-op when cached."""
+    cmd = [DOCKER, "build", "--progress=plain", "-t", RUNTIME_IMAGE,
+           "--build-arg", f"BASE_IMAGE={DEBIAN_IMAGE}"]  # fmt: skip
+    LOGS.mkdir(parents=True, exist_ok=True)
+    _run_build([*cmd, str(REPO / "images" / "runtime")], LOGS / "build-runtime.log", "runtime")
+    return RUNTIME_IMAGE
+
+
 def build_all(cfg: dict, push_registry: str, only: str | None = None) -> dict:
     """Build and push every image (or only `only`); write build/images.json; return it.
 
@@ -505,6 +518,7 @@ def build_all(cfg: dict, push_registry: str, only: str | None = None) -> dict:
     """
     names = build_order(list(cfg["images"]["stacks"]), only)
     ensure_base_image(cfg)
+    build_runtime(cfg)
     previous = load_images_json()
     stacks = {k: v for k, v in previous.get("stacks", {}).items() if k in cfg["images"]["stacks"]}
     hub = previous.get("hub")

@@ -257,7 +257,7 @@ def up(site: Path) -> int:
     ensure_host(cfg, images.DEBIAN_IMAGE)
     steps.next()
     inventory = write_inventory(cfg)
-    rc = deploy.run(site, inventory, credentials_dir=LOCAL)
+    rc = deploy.run(site, inventory)
     if rc != 0:
         return rc
     _print_summary(cfg, time.monotonic() - started)
@@ -275,7 +275,8 @@ def _print_summary(cfg: dict, seconds: float) -> None:
         f"  SSH          ssh -p {loc['ssh_port']} USER@localhost",
     ]
     if admin:
-        lines.append(f"  Admin        {admin}: first password in {LOCAL}/admin-credentials-{admin}")
+        creds = deploy.CREDENTIALS / cfg["local"]["container"] / f"admin-{admin}"
+        lines.append(f"  Admin        {admin}: first password in {creds}")
     lines.append(
         f"  Add a user   {sys.argv[0].rsplit('/', 1)[-1]} local exec scirepo user add "
         "NAME --name 'Full Name' --email ADDRESS"

@@ -8,6 +8,7 @@ machine except the host's own key, which the playbook copies to the host.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -23,36 +24,30 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+@contextlib.contextmanager
+def _private():
+    """Files made inside are readable by their owner only (keys, while being written)."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# A new P-256 key without passphrase, written to the -keyout that follows.
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+
+
 def ensure_ca() -> Path:
     """Create the CA once; reuse it afterwards so that trust survives redeploys."""
     TLS_DIR.mkdir(parents=True, exist_ok=True)
     TLS_DIR.chmod(0o700)
     if not (CA_CERT.exists() and CA_KEY.exists()):
-        old = os.umask(0o077)
-        try:
-            _openssl(
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                str(CA_KEY),
-                "-out",
-                str(CA_CERT),
-                "-days",
-                "3650",
-                "-subj",
-                "/CN=scirepo local CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            )
-        finally:
-            os.umask(old)
+        with _private():
+            _openssl("req", "-x509", *NEW_KEY, "-keyout", str(CA_KEY), "-out", str(CA_CERT),
+                     "-days", "3650", "-subj", "/CN=scirepo local CA",
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
         CA_CERT.chmod(0o644)
     return CA_CERT
 
@@ -74,49 +69,19 @@ def ensure_server_cert(name: str, names: list[str]) -> tuple[Path, Path]:
     wanted = _san(list(dict.fromkeys(names)))
     if crt.exists() and key.exists() and sans.exists() and sans.read_text() == wanted:
         return crt, key
-    old = os.umask(0o077)
-    try:
-        csr = TLS_DIR / f"{name}.csr"
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-            "-subj",
-            f"/CN={names[0]}",
-        )
-        ext = TLS_DIR / f"{name}.ext"
+    csr, ext = TLS_DIR / f"{name}.csr", TLS_DIR / f"{name}.ext"
+    with _private():
+        _openssl("req", *NEW_KEY, "-keyout", str(key), "-out", str(csr),
+                 "-subj", f"/CN={names[0]}")  # fmt: skip
         ext.write_text(
             f"subjectAltName={wanted}\nbasicConstraints=CA:FALSE\n"
             "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
         )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(CA_CERT),
-            "-CAkey",
-            str(CA_KEY),
-            "-CAcreateserial",
-            "-out",
-            str(crt),
-            "-days",
-            str(DAYS),
-            "-extfile",
-            str(ext),
-        )
-        csr.unlink()
-        ext.unlink()
-    finally:
-        os.umask(old)
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(CA_CERT), "-CAkey", str(CA_KEY),
+                 "-CAcreateserial", "-out", str(crt), "-days", str(DAYS),
+                 "-extfile", str(ext))  # fmt: skip
+    csr.unlink()
+    ext.unlink()
     crt.chmod(0o644)
     sans.write_text(wanted)
     return crt, key
