@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+from scirepo import deploy
+
 from .conftest import REPO, ansible_recap, changed_tasks, on_host, ssh_client, ssh_run
 
 pytestmark = pytest.mark.host
@@ -214,9 +216,16 @@ def test_second_deploy_changes_nothing(local_host, site_path, cfg):
 
 
 def test_admins_come_from_the_site_config(cfg, users, alice):
-    """The configured admin exists on the host and is a hub admin; other users are not."""
+    """The configured admin exists, logs in with the password make up fetched, and is a hub
+    admin; other users are not."""
     admin = cfg["users"]["admins"][0]
     assert on_host(cfg, "id", "-nG", admin).stdout.split()[1:] == [cfg["users"]["group"]]
+    creds = deploy.CREDENTIALS / cfg["local"]["container"] / f"admin-{admin}"
+    assert creds.stat().st_mode & 0o777 == 0o600
+    password = creds.read_text().split("password:", 1)[1].strip()
+    hub = users.hub(admin)
+    assert hub.login(password)
+    assert hub.api("GET", f"/users/{admin}").json()["admin"] is True
     name, _, hub = alice
     assert hub.api("GET", f"/users/{name}").json()["admin"] is False
     # Only an admin may list all users: the API refuses a plain user.
