@@ -180,14 +180,20 @@ def ensure_base_image(cfg: dict) -> str:
     """Make sure DEBIAN_IMAGE exists locally; return its name.
 
     `build.base_image` set: pull it and tag it DEBIAN_IMAGE (each time, to follow the tag).
-    Else an existing DEBIAN_IMAGE is reused; else it is bootstrapped with debootstrap.
+    When that registry cannot be reached (an air-gapped machine), or nothing is set, an
+    existing DEBIAN_IMAGE is reused, else it is bootstrapped with debootstrap.
     """
     wanted = cfg["build"]["base_image"]
     if wanted:
         progress.say(f"pulling the Debian base {wanted}")
-        docker("pull", "-q", wanted, capture=True)
-        docker("tag", wanted, DEBIAN_IMAGE, capture=True)
-        return DEBIAN_IMAGE
+        try:
+            docker("pull", "-q", wanted, capture=True)
+        except DockerError as exc:
+            progress.say(f"build.base_image {wanted} not reachable ({str(exc)[-160:]}); "
+                         "using a local or debootstrapped base instead")  # fmt: skip
+        else:
+            docker("tag", wanted, DEBIAN_IMAGE, capture=True)
+            return DEBIAN_IMAGE
     if image_exists(DEBIAN_IMAGE):
         progress.say(f"Debian base {DEBIAN_IMAGE} exists; reusing it")
         return DEBIAN_IMAGE

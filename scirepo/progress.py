@@ -38,12 +38,17 @@ def wait_for(
     first: float = 0.2,
     cap: float = 3.0,
 ) -> None:
-    """Poll `check` with exponential backoff until it is true; TimeoutError after deadline."""
+    """Poll `check` with exponential backoff until it is true; NotReady after the deadline.
+
+    A ScirepoError raised by `check` is a definite failure and ends the wait at once.
+    """
     end, delay = time.monotonic() + deadline, first
     while True:
         try:
             if check():
                 return
+        except ScirepoError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a failing probe is just "not yet"
             last = exc
         else:

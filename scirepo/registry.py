@@ -16,11 +16,16 @@ import urllib.request
 from pathlib import Path
 
 from scirepo import progress, tls
+from scirepo.config import ScirepoError
 from scirepo.dockercli import apt_install
 
 DIR = tls.TLS_DIR.parent / "registry"
 PIDFILE = DIR / "registry.pid"
 BINARY = "/usr/bin/docker-registry"
+
+
+class RegistryError(ScirepoError):
+    """The local registry could not be started; the message says why."""
 
 
 def _answers(addr: str) -> bool:
@@ -70,7 +75,15 @@ def ensure(cfg: dict, gateway: str) -> str:
         [BINARY, "serve", str(conf)], stdout=log, stderr=log, start_new_session=True
     )
     PIDFILE.write_text(str(proc.pid))
-    progress.wait_for(f"the registry at {addr}", lambda: _answers(addr), deadline=30)
+
+    def up() -> bool:
+        if proc.poll() is not None:  # it exited: say why instead of waiting out the deadline
+            PIDFILE.unlink(missing_ok=True)
+            tail = (DIR / "registry.log").read_text(errors="replace")[-600:]
+            raise RegistryError(f"the registry at {addr} exited: {tail.strip()}")
+        return _answers(addr)
+
+    progress.wait_for(f"the registry at {addr}", up, deadline=30)
     progress.say(f"registry at {addr}")
     return addr
 
