@@ -51,6 +51,15 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     c.ScirepoAuthenticator.socket_path = paths["authd_socket"]
 
     refs = {name: images["stacks"][name]["ref"] for name in hub["images"]}
+    c.ScirepoSpawner.stacks = {
+        name: {
+            "description": site["images"]["stacks"][name]["description"],
+            "packages": images["stacks"][name].get("manifest", {}).get("packages", {}),
+            "tag": images["stacks"][name].get("manifest", {}).get("tag", ""),
+        }
+        for name in hub["images"]
+    }
+    c.ScirepoSpawner.default_stack = hub["default_image"]
     c.ScirepoSpawner.paths = paths
     c.ScirepoSpawner.authd_socket = paths["authd_socket"]
     c.DockerSpawner.allowed_images = refs

@@ -10,9 +10,10 @@ permission bug): accounts are provisioned before login, never at spawn.
 from __future__ import annotations
 
 import asyncio
+import html
 
 from dockerspawner import DockerSpawner
-from traitlets import Dict, Float, Unicode
+from traitlets import Dict, Float, Unicode, default
 
 from scirepo.authd import query
 
@@ -23,6 +24,39 @@ class ScirepoSpawner(DockerSpawner):
     authd_socket = Unicode("/run/scirepo/authd.sock", config=True)
     authd_timeout = Float(15.0, config=True)
     paths = Dict(config=True, help="The `paths` section of the resolved site config.")
+    stacks = Dict(
+        config=True,
+        help="Offered images by name: {description, packages: {name: version}, tag, date}, "
+        "from the site config and the images' manifests; the keys of allowed_images.",
+    )
+    default_stack = Unicode(config=True, help="Name of the image preselected in the form.")
+
+    @default("options_form")
+    def _scirepo_options_form(self):
+        """A choice of stacks, each with its description and key package versions."""
+        if len(self.stacks) <= 1:
+            return ""
+        cards = []
+        for name, info in self.stacks.items():
+            versions = ", ".join(
+                f"{html.escape(pkg)} {html.escape(ver)}"
+                for pkg, ver in sorted(info.get("packages", {}).items())
+            )
+            checked = " checked" if name == self.default_stack else ""
+            cards.append(
+                f'<label class="scirepo-stack list-group-item" data-stack="{html.escape(name)}">'
+                f'<input type="radio" name="image" value="{html.escape(name)}"{checked}> '
+                f"<strong>{html.escape(name)}</strong>"
+                f'<div class="scirepo-description">{html.escape(info.get("description", ""))}'
+                f"</div>"
+                f'<div class="scirepo-versions"><small>{versions}</small></div>'
+                f'<div class="scirepo-tag"><small>{html.escape(info.get("tag", ""))}</small>'
+                f"</div></label>"
+            )
+        return (
+            "<p>Choose the software stack of this server:</p>"
+            f'<div class="list-group scirepo-stacks">{"".join(cards)}</div>'
+        )
 
     async def _host_user(self) -> dict:
         answer = await asyncio.to_thread(
