@@ -44,6 +44,12 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     c.JupyterHub.cookie_secret_file = str(ETC / "secrets" / "jupyterhub_cookie_secret")
     c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
     c.JupyterHub.allow_named_servers = hub["named_servers"]
+    # Only ever served over HTTPS (nginx in front): cookies are Secure even though the hub
+    # itself sees plain HTTP from the proxy.
+    c.JupyterHub.tornado_settings = {
+        "cookie_options": {"secure": True},
+        "xsrf_cookie_kwargs": {"secure": True},
+    }
 
     c.Authenticator.admin_users = set(site["users"]["admins"])
     # authd answers only for members of users.group: whoever logs in is a platform user.

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+import requests
 
 from scirepo import deploy
 
@@ -45,6 +46,21 @@ def test_tls_endpoint_is_signed_by_the_local_ca(hub_url, cafile):
             context=ssl.create_default_context(),  # noqa: S310
             timeout=20,
         )
+
+
+def test_hub_cookies_are_secure(hub_url, cafile):
+    res = requests.get(f"{hub_url}/hub/login", verify=cafile, timeout=20)
+    cookies = res.headers["Set-Cookie"]
+    assert "_xsrf=" in cookies and "Secure" in cookies
+
+
+def test_plain_http_redirects_to_https(host):
+    out = host.check_output(
+        "python3 -c \"import http.client as h; c = h.HTTPConnection('localhost', 80);"
+        " c.request('GET', '/hub/login'); r = c.getresponse();"
+        " print(r.status, r.getheader('Location'))\""
+    )
+    assert out == "301 https://localhost/hub/login"
 
 
 def test_ssh_login_with_password_and_wrong_password_fails(users, cfg):
