@@ -76,43 +76,50 @@ class HubUser:
         return self._call(method, f"{self.url}/hub/api{path}", **kw)
 
     # -- server -----------------------------------------------------------------------
-    def start_server(self, deadline: float = 180, image: str | None = None) -> float:
-        """Start the default server and wait until it answers through the proxy.
+    def _server_api(self, server_name: str) -> str:
+        return f"/users/{self.name}/servers/{server_name}" if server_name else (
+            f"/users/{self.name}/server")  # fmt: skip
+
+    def start_server(
+        self, deadline: float = 180, image: str | None = None, server_name: str = ""
+    ) -> float:
+        """Start a server (the default one, or a named one) and wait until it answers
+        through the proxy; `image` is a stack name of the site config.
 
         Returns the seconds from the request to the first answer of the server.
         """
         t0 = time.monotonic()
         body = {"image": image} if image else None
-        res = self.api("POST", f"/users/{self.name}/server", json=body)
-        if res.status_code not in (201, 202, 400):
+        res = self.api("POST", self._server_api(server_name), json=body)
+        if res.status_code not in (201, 202):
             raise HubError(f"start: {res.status_code} {res.text[:300]}")
         delay = 0.2
         while time.monotonic() - t0 < deadline:
             info = self.api("GET", f"/users/{self.name}").json()
-            server = info.get("servers", {}).get("", {})
+            server = info.get("servers", {}).get(server_name, {})
             if server.get("ready"):
-                probe = self.server("GET", "api/status")
-                if probe.status_code == 200:
+                if self.server("GET", "api/status", server_name=server_name).status_code == 200:
                     return time.monotonic() - t0
             elif not server.get("pending") and time.monotonic() - t0 > 5:
-                raise HubError(f"server of {self.name} failed to start: {info}")
+                raise HubError(f"server {server_name!r} of {self.name} failed to start: {info}")
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
-        raise HubError(f"server of {self.name} not ready after {deadline} s")
+        raise HubError(f"server {server_name!r} of {self.name} not ready after {deadline} s")
 
-    def stop_server(self, deadline: float = 60) -> None:
-        self.api("DELETE", f"/users/{self.name}/server")
+    def stop_server(self, deadline: float = 60, server_name: str = "") -> None:
+        self.api("DELETE", self._server_api(server_name))
         t0 = time.monotonic()
         while time.monotonic() - t0 < deadline:
             info = self.api("GET", f"/users/{self.name}").json()
-            if not info.get("servers"):
+            if server_name not in info.get("servers", {}):
                 return
             time.sleep(0.5)
-        raise HubError(f"server of {self.name} still there after {deadline} s")
+        raise HubError(f"server {server_name!r} of {self.name} still there after {deadline} s")
 
-    def server(self, method: str, path: str, **kw) -> requests.Response:
-        """Call the user's single-user server (path below /user/NAME/) with the token."""
-        return self._call(method, f"{self.url}/user/{self.name}/{path}", **kw)
+    def server(self, method: str, path: str, server_name: str = "", **kw) -> requests.Response:
+        """Call one of the user's servers (path below /user/NAME[/SERVER]/) with the token."""
+        prefix = f"{self.url}/user/{self.name}/" + (f"{server_name}/" if server_name else "")
+        return self._call(method, prefix + path, **kw)
 
     def put_file(self, path: str, text: str) -> dict:
         res = self.server(
@@ -122,16 +129,18 @@ class HubUser:
             raise HubError(f"PUT {path}: {res.status_code} {res.text[:300]}")
         return res.json()
 
-    def run_code(self, code: str, timeout: float = 60) -> dict:
+    def run_code(self, code: str, timeout: float = 60, server_name: str = "") -> dict:
         """Run `code` in a new Python kernel; return {'stdout', 'stderr', 'status'}."""
-        res = self.server("POST", "api/kernels", json={"name": "python3"})
+        res = self.server("POST", "api/kernels", server_name=server_name, json={"name": "python3"})
         if res.status_code != 201:
             raise HubError(f"kernel start: {res.status_code} {res.text[:300]}")
         kid = res.json()["id"]
         ws_url = self.url.replace("https://", "wss://").replace("http://", "ws://")
         sslopt = {"ca_certs": self.cafile} if isinstance(self.cafile, str) else {}
         ws = websocket.create_connection(
-            f"{ws_url}/user/{self.name}/api/kernels/{kid}/channels",
+            f"{ws_url}/user/{self.name}/"
+            + (f"{server_name}/" if server_name else "")
+            + f"api/kernels/{kid}/channels",
             header=[f"Authorization: token {self.token}"],
             sslopt=sslopt,
             timeout=timeout,
@@ -182,4 +191,4 @@ class HubUser:
             return out
         finally:
             ws.close()
-            self.server("DELETE", f"api/kernels/{kid}")
+            self.server("DELETE", f"api/kernels/{kid}", server_name=server_name)

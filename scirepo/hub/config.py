@@ -74,7 +74,6 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.remove = True
     c.DockerSpawner.pull_policy = "never"  # the deploy pulls every allowed image by digest
-    c.DockerSpawner.name_template = "jupyter-{username}{servername}"
     c.DockerSpawner.mem_limit = hub["mem_limit"]
     c.DockerSpawner.cpu_limit = float(hub["cpu_limit"])
     c.DockerSpawner.extra_create_kwargs = {"user": "root"}  # scirepo-start drops to the user

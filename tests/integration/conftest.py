@@ -39,12 +39,12 @@ def on_host(cfg: dict, *cmd: str, input: str | None = None) -> subprocess.Comple
 
 
 @pytest.fixture(scope="session")
-def hub_url(cfg) -> str:
+def hub_url(local_host, cfg) -> str:
     return f"https://localhost:{cfg['local']['https_port']}"
 
 
 @pytest.fixture(scope="session")
-def cafile() -> str:
+def cafile(local_host) -> str:
     return str(tls.CA_CERT)
 
 

@@ -3,6 +3,7 @@ stack a user picked being the one that runs."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -24,6 +25,9 @@ def test_an_image_outside_the_site_config_is_refused(chooser):
     assert res.status_code == 400
     assert "not in allowed list" in res.json()["message"]
     assert not chooser.api("GET", f"/users/{chooser.name}").json()["servers"]
+    # The refused choice is not remembered: a start without options gets the default image.
+    chooser.start_server()
+    chooser.stop_server()
 
 
 def test_spawn_form_shows_every_stack_with_description_and_versions(chooser, cfg, host):
@@ -40,3 +44,37 @@ def test_spawn_form_shows_every_stack_with_description_and_versions(chooser, cfg
         assert name in images
     default = re.search(r'value="([^"]+)" checked', page.text)
     assert default and default.group(1) == cfg["hub"]["default_image"]
+
+
+def _headline(cfg: dict, host, name: str) -> tuple[str, str] | None:
+    """(package, version) the manifest of stack `name` pins for its first package."""
+    images = json.loads(host.file(f"{cfg['paths']['etc']}/images.json").content_string)
+    packages = images["scirepo_images"]["stacks"][name]["manifest"]["packages"]
+    return next(iter(packages.items())) if packages else None
+
+
+def test_two_stacks_run_side_by_side_as_named_servers(chooser, cfg, host):
+    if not cfg["hub"]["named_servers"]:
+        pytest.skip("hub.named_servers is off in this site config")
+    other = cfg["hub"]["images"][-1]
+    chooser.start_server()
+    try:
+        chooser.start_server(image=other, server_name="second")
+        containers = host.check_output("docker ps --format '{{.Names}} {{.Image}}'")
+        assert f"jupyter-{chooser.name} " in containers + " "
+        assert f"jupyter-{chooser.name}--second " in containers + " "
+        ref = json.loads(host.file(f"{cfg['paths']['etc']}/images.json").content_string)
+        want = ref["scirepo_images"]["stacks"][other]["ref"]
+        got = host.check_output(f"docker inspect -f '{{{{.Config.Image}}}}' "
+                                f"jupyter-{chooser.name}--second")  # fmt: skip
+        assert got == want
+        headline = _headline(cfg, host, other)
+        if headline:
+            pkg, version = headline
+            res = chooser.run_code(
+                f"import importlib.metadata as m; print(m.version({pkg!r}))", server_name="second"
+            )
+            assert res["stdout"].strip() == version, res
+    finally:
+        chooser.stop_server(server_name="second")
+        chooser.stop_server()
