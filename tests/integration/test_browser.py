@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from .conftest import REPO, ssh_client, ssh_run
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "build" / "screenshots"
 
 
 def _spki_hash(cert: Path) -> str:
@@ -53,42 +56,56 @@ def browser(tmp_path_factory):
         b.close()
 
 
+def open_lab(page, hub_url: str, name: str, password: str, stack: str | None = None) -> None:
+    """Log in through the form; on the spawn form pick `stack` (or keep the default)."""
+    page.goto(f"{hub_url}/hub/login", timeout=60_000)
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(rf"/(hub/spawn|user/{name}/lab)"), timeout=60_000)
+    if "/hub/spawn" in page.url and page.locator("#spawn_form").count():
+        if stack:
+            page.check(f"label[data-stack='{stack}'] input[type=radio]")
+        page.click("#spawn_form [type=submit]")
+    page.wait_for_url(f"**/user/{name}/lab**", timeout=180_000)
+    page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
+
+
+def run_first_cell(page, code: str) -> str:
+    """Open a new notebook, run `code` in its first cell, return the cell's output text."""
+    page.click(".jp-LauncherCard[data-category='Notebook']")
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    cell.locator(".cm-content").wait_for(timeout=60_000)
+    # The kernel is connected once the status bar says so; a cell run before that can
+    # be dropped by JupyterLab, so wait for it rather than for the notebook widget.
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    cell.locator(".cm-content").click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    cell.locator(".jp-OutputArea-output").wait_for(timeout=60_000)
+    return cell.locator(".jp-OutputArea-output").inner_text().strip()
+
+
 def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_url, cfg):
     name, password = users.add("c")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    shots = REPO / "build" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        page.goto(f"{hub_url}/hub/login", timeout=60_000)
-        page.fill("#username_input", name)
-        page.fill("#password_input", password)
-        page.click("#login_submit")
-        page.wait_for_url(f"**/user/{name}/lab**", timeout=180_000)
-        page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
-        page.screenshot(path=str(shots / "jupyterlab.png"))
-        page.click(".jp-LauncherCard[data-category='Notebook']")
-        cell = page.locator(".jp-Notebook .jp-Cell").first
-        cell.locator(".cm-content").wait_for(timeout=60_000)
-        # The kernel is connected once the status bar says so; a cell run before that can
-        # be dropped by JupyterLab, so wait for it rather than for the notebook widget.
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-        cell.locator(".cm-content").click()
-        page.keyboard.type("open('workspace/from-browser.txt', 'w').write('written in a cell')")
-        page.keyboard.press("Shift+Enter")
-        cell.locator(".jp-OutputArea-output").wait_for(timeout=60_000)
-        assert cell.locator(".jp-OutputArea-output").inner_text().strip() == "17"
-        page.screenshot(path=str(shots / "cell.png"))
+        open_lab(page, hub_url, name, password)
+        page.screenshot(path=str(SHOTS / "jupyterlab.png"))
+        code = "open('workspace/from-browser.txt', 'w').write('written in a cell')"
+        out = run_first_cell(page, code)
+        assert out == "17"
+        page.screenshot(path=str(SHOTS / "cell.png"))
     finally:
-        page.screenshot(path=str(shots / "last.png"))
+        page.screenshot(path=str(SHOTS / "last.png"))
         page.close()
     client = ssh_client(cfg, name, password)
+    path = "~/workspace/from-browser.txt"
     try:
         deadline = time.monotonic() + 20
         while True:
-            rc, out, _ = ssh_run(
-                client,
-                "cat ~/workspace/from-browser.txt; echo; stat -c %U ~/workspace/from-browser.txt",
-            )
+            rc, out, _ = ssh_run(client, f"cat {path}; echo; stat -c %U {path}")
             if rc == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -96,3 +113,20 @@ def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_u
         client.close()
     assert rc == 0
     assert out.split("\n")[:2] == ["written in a cell", name]
+
+
+def test_choosing_the_older_obspy_stack_gives_that_obspy(browser, users, hub_url, cfg, host):
+    stack = "seismology-obspy14"
+    if stack not in cfg["hub"]["images"]:
+        pytest.skip(f"the site config does not offer {stack}")
+    images = json.loads(host.file(f"{cfg['paths']['etc']}/images.json").content_string)
+    want = images["scirepo_images"]["stacks"][stack]["manifest"]["packages"]["obspy"]
+    name, password = users.add("o")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        open_lab(page, hub_url, name, password, stack=stack)
+        out = run_first_cell(page, "import obspy; obspy.__version__")
+        page.screenshot(path=str(SHOTS / "obspy14.png"))
+    finally:
+        page.close()
+    assert out.strip("'") == want
