@@ -425,12 +425,15 @@ def build_image(
     base_ref: str | None = None,
     revision: tuple[str, str, bool] | None = None,
     push: bool = True,
+    no_cache: bool = False,
 ) -> dict:
     """Build image `name` (a stack or "hub"), tag it, push it; return what images.json holds.
 
     Returns {"tag", "ref", "digest", "push_ref", "manifest"}: `tag` and `ref` name the image
     at `images.registry` (what the host pulls), `push_ref` at `push_registry`. `base_ref` is
-    the BASE_IMAGE build arg (default: the shared runtime image).
+    the BASE_IMAGE build arg (default: the shared runtime image). `no_cache` builds every
+    step again (`docker build --no-cache`; BuildKit cache mounts such as pip's are kept).
+    "seconds" holds how long the build and the push took.
     """
     dockerfile, context, lock_dir = _paths(name)
     if not dockerfile.exists():
@@ -480,19 +483,26 @@ def build_image(
     if ca:
         # A BuildKit secret: present during the RUN steps that mount it, never in a layer.
         cmd += ["--secret", f"id=ca,src={ca}"]
+    if no_cache:
+        cmd.append("--no-cache")
     LOGS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     _run_build([*cmd, str(context)], LOGS / f"build-{name}.log", name)
+    seconds = {"build": time.monotonic() - t0}
     result = {
         "tag": f"{repository(cfg['images']['registry'], ns, name)}:{tag}",
         "push_ref": push_tag,
         "manifest": man,
         "digest": None,
         "ref": None,
+        "seconds": seconds,
     }
     if not push:
         return result
     progress.say(f"  {name}: pushing {push_tag}")
+    t0 = time.monotonic()
     out = docker("push", push_tag, capture=True)
+    seconds["push"] = time.monotonic() - t0
     digest = push_digest(out) or _repo_digest(push_tag, repository(push_registry, ns, name))
     result["digest"] = digest
     result["ref"] = f"{repository(cfg['images']['registry'], ns, name)}@{digest}"
