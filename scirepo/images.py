@@ -19,7 +19,9 @@ the clock, so a rebuild of an unchanged tree gives the same image and the same d
 a second deploy changes nothing).
 
 Python packages are installed in the images only from hashed locks (`requirements.txt`),
-compiled from short `requirements.in` files by `scirepo images lock` (`make locks`) with uv;
+compiled from short `requirements.in` files by `scirepo images lock` (`make locks`) with uv
+(a child stack's lock is constrained by the base's: the packages they share keep the base's
+pins); the first package of a `requirements.in` is the image's headline package;
 the proxy's npm packages from `hub/proxy/package-lock.json` (with integrity hashes).
 """
 
@@ -322,6 +324,12 @@ def read_requirements_in(text: str) -> list[str]:
     return names
 
 
+def headline(requirements_in: str) -> str | None:
+    """The image's headline package: the first one its `requirements.in` asks for."""
+    names = read_requirements_in(requirements_in)
+    return names[0] if names else None
+
+
 def normalize(name: str) -> str:
     """ref: PEP 503 name normalization."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -417,12 +425,15 @@ def build_image(
     base_ref: str | None = None,
     revision: tuple[str, str, bool] | None = None,
     push: bool = True,
+    no_cache: bool = False,
 ) -> dict:
     """Build image `name` (a stack or "hub"), tag it, push it; return what images.json holds.
 
     Returns {"tag", "ref", "digest", "push_ref", "manifest"}: `tag` and `ref` name the image
     at `images.registry` (what the host pulls), `push_ref` at `push_registry`. `base_ref` is
-    the BASE_IMAGE build arg (default: the shared runtime image).
+    the BASE_IMAGE build arg (default: the shared runtime image). `no_cache` builds every
+    step again (`docker build --no-cache`; BuildKit cache mounts such as pip's are kept).
+    "seconds" holds how long the build and the push took.
     """
     dockerfile, context, lock_dir = _paths(name)
     if not dockerfile.exists():
@@ -472,19 +483,26 @@ def build_image(
     if ca:
         # A BuildKit secret: present during the RUN steps that mount it, never in a layer.
         cmd += ["--secret", f"id=ca,src={ca}"]
+    if no_cache:
+        cmd.append("--no-cache")
     LOGS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     _run_build([*cmd, str(context)], LOGS / f"build-{name}.log", name)
+    seconds = {"build": time.monotonic() - t0}
     result = {
         "tag": f"{repository(cfg['images']['registry'], ns, name)}:{tag}",
         "push_ref": push_tag,
         "manifest": man,
         "digest": None,
         "ref": None,
+        "seconds": seconds,
     }
     if not push:
         return result
     progress.say(f"  {name}: pushing {push_tag}")
+    t0 = time.monotonic()
     out = docker("push", push_tag, capture=True)
+    seconds["push"] = time.monotonic() - t0
     digest = push_digest(out) or _repo_digest(push_tag, repository(push_registry, ns, name))
     result["digest"] = digest
     result["ref"] = f"{repository(cfg['images']['registry'], ns, name)}@{digest}"
@@ -571,15 +589,32 @@ def build_all(cfg: dict, push_registry: str, only: str | None = None) -> dict:
 
 
 def lock_targets(names: list[str] | None = None) -> list[str]:
-    """Images that have a requirements.in: stacks under images/, and the hub."""
-    found = sorted(p.parent.name for p in (REPO / "images").glob("*/requirements.in"))
+    """Images that have a requirements.in, in locking order: the parent stack first (its
+    lock constrains the other stacks'), the other stacks under images/, then the hub."""
+    stacks = sorted(p.parent.name for p in (REPO / "images").glob("*/requirements.in"))
+    found = [s for s in stacks if s == PARENT_STACK] + [s for s in stacks if s != PARENT_STACK]
     found.append(HUB)
     if not names:
         return found
     unknown = [n for n in names if n not in found]
     if unknown:
         raise ImageError(f"no requirements.in for {', '.join(unknown)}: one of {', '.join(found)}")
-    return list(names)
+    return [n for n in found if n in names]
+
+
+def lock_constraints(name: str) -> list[Path]:
+    """Locks that constrain the lock of image `name`: a child stack installs into the venv
+    of the parent stack, so every package the two share keeps the parent's pin."""
+    if name in (HUB, PARENT_STACK):
+        return []
+    return [_paths(PARENT_STACK)[2] / "requirements.txt"]
+
+
+def shared_pin_conflicts(parent_lock: str, child_lock: str) -> dict[str, tuple[str, str]]:
+    """{package: (parent version, child version)} where a child's lock disagrees with its
+    parent's: installed on top of the parent, such a pin would replace the parent's."""
+    parent, child = read_lock(parent_lock), read_lock(child_lock)
+    return {p: (parent[p], v) for p, v in child.items() if p in parent and parent[p] != v}
 
 
 def clean_lock(text: str) -> str:
@@ -603,10 +638,19 @@ def lock(name: str, upgrade: bool = False) -> None:
 
     uv reads no pip configuration (--no-config also skips uv.toml), so a local index or
     wheel directory of this machine cannot leak into the lock; existing pins are kept
-    unless `upgrade`. Wheels only: the images install with --only-binary :all:.
+    unless `upgrade`. Wheels only: the images install with --only-binary :all:. A child
+    stack's lock is compiled with the parent stack's lock as constraints (`lock_constraints`):
+    it holds the child's whole environment, with the packages it shares with the parent at
+    the parent's versions, so installing it on top of the parent changes none of those.
     """
     _, _, lock_dir = _paths(name)
     src, out = lock_dir / "requirements.in", lock_dir / "requirements.txt"
+    constraints = []
+    for path in lock_constraints(name):
+        if not path.exists():
+            raise ImageError(f"{path.relative_to(REPO)} is missing: lock {PARENT_STACK} first")
+        # Relative: uv names it in the lock's "# via -c ..." comments.
+        constraints += ["-c", str(path.relative_to(REPO))]
     cmd = [
         _uv(),
         "pip",
@@ -624,9 +668,10 @@ def lock(name: str, upgrade: bool = False) -> None:
         ":all:",
         "--custom-compile-command",
         "make locks",
-        str(src),
+        *constraints,
+        str(src.relative_to(REPO)),
         "-o",
-        str(out),
+        str(out.relative_to(REPO)),
     ]
     if upgrade:
         cmd.append("--upgrade")

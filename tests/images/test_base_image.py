@@ -1,7 +1,6 @@
-"""Tests of a built notebook image (the base stack, or a child stack, which inherits them).
+"""Tests of the base notebook image, run on every stack: each child inherits them.
 
-The image is env SCIREPO_TEST_IMAGE (a tag or a digest reference) when set, else the base
-image of this tree that `scirepo local up` (the `local_host` fixture) built and pushed. Each
+`conftest.py` says which images (every stack of the build, or SCIREPO_TEST_IMAGE). Each
 test runs real containers of the image with Debian's docker client: the locked packages are
 what is installed, the entrypoint drops root for good to the user the hub names, the image
 has no setuid binaries nor sudo, and JupyterLab serves its API.
@@ -11,81 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from scirepo import images
-from scirepo.dockercli import DOCKER
 from scirepo.progress import wait_for
+from tests.images.conftest import REPO
+from tests.images.containers import UID, USER_ENV, docker, make_home, remove_home
 
-IMAGE = os.environ.get("SCIREPO_TEST_IMAGE", "")
-REPO = Path(__file__).resolve().parents[2]
-UID = 23456
-USER_ENV = ["-e", "NB_USER=alice", "-e", f"NB_UID={UID}", "-e", f"NB_GID={UID}"]
 # What `python3 -m venv` puts in a venv besides the lock.
 VENV_SEED = {"pip", "setuptools", "wheel"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def image(request) -> str:
-    """The image under test; without SCIREPO_TEST_IMAGE, this tree's freshly built base."""
-    global IMAGE
-    if not IMAGE:
-        request.getfixturevalue("local_host")
-        IMAGE = images.load_images_json()["stacks"][images.PARENT_STACK]["push_ref"]
-    return IMAGE
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    res = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {res.returncode}:\n{res.stderr}")
-    return res
-
-
-def run(
-    *cmd: str, opts: tuple[str, ...] = (), check: bool = True, user_env: bool = False, **kw
-) -> subprocess.CompletedProcess:
-    """`docker run --rm [user env] OPTS IMAGE CMD`."""
-    env = USER_ENV if user_env else []
-    return docker("run", "--rm", *env, *opts, IMAGE, *cmd, check=check, **kw)
-
-
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    out = docker("image", "inspect", "--format", "{{json .Config.Labels}}", IMAGE).stdout
-    labels = json.loads(out) or {}
-    assert images.MANIFEST_LABEL in labels, "the image has no manifest label"
-    return json.loads(labels[images.MANIFEST_LABEL])
-
-
-@pytest.fixture(scope="module")
-def locked(manifest) -> dict[str, str]:
-    """Pins of the image's lock, plus its parent's for a child stack."""
-    pins: dict[str, str] = {}
-    for name in dict.fromkeys([images.PARENT_STACK, manifest["name"]]):
-        lock = REPO / "images" / name / "requirements.txt"
-        if lock.exists():  # a child stack may add no Python packages
-            pins |= images.read_lock(lock.read_text())
-    return pins
 
 
 @pytest.fixture
 def home():
     """A home directory owned by the test user, as the hub mounts it."""
-    path = Path(tempfile.mkdtemp(prefix="scirepo-home-"))
-    os.chown(path, UID, UID)
-    path.chmod(0o700)
+    path = make_home()
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_home(path)
 
 
 def test_manifest_matches_the_lock(manifest, locked):
@@ -96,8 +41,8 @@ def test_manifest_matches_the_lock(manifest, locked):
     assert manifest["lock_sha256"] == hashlib.sha256(lock_text.encode()).hexdigest()
 
 
-def test_installed_packages_are_exactly_the_lock(locked):
-    out = run(
+def test_installed_packages_are_exactly_the_lock(image, locked):
+    out = image.run(
         "pip",
         "list",
         "--format",
@@ -111,14 +56,14 @@ def test_installed_packages_are_exactly_the_lock(locked):
     assert not extra, f"installed but not locked: {sorted(extra)}"
 
 
-def test_headline_packages_import_at_locked_versions(locked):
+def test_headline_packages_import_at_locked_versions(image, locked):
     code = "import jupyterlab, jupyterhub; print(jupyterlab.__version__, jupyterhub.__version__)"
-    lab, hub = run("python", "-c", code, opts=("--user", "65534:65534")).stdout.split()
+    lab, hub = image.run("python", "-c", code, opts=("--user", "65534:65534")).stdout.split()
     assert (lab, hub) == (locked["jupyterlab"], locked["jupyterhub"])
 
 
-def test_singleuser_server_reports_the_hub_version(locked):
-    out = run("jupyterhub-singleuser", "--version", opts=("--user", "65534:65534")).stdout
+def test_singleuser_server_reports_the_hub_version(image, locked):
+    out = image.run("jupyterhub-singleuser", "--version", opts=("--user", "65534:65534")).stdout
     assert out.strip() == locked["jupyterhub"]
 
 
@@ -126,8 +71,8 @@ def status(proc_status: str, field: str) -> str:
     return re.search(rf"^{field}:\s*(\S+)", proc_status, re.M).group(1)
 
 
-def test_entrypoint_drops_root_for_good():
-    out = run(
+def test_entrypoint_drops_root_for_good(image):
+    out = image.run(
         "sh", "-c", "id -u; id -g; id -un; echo $HOME $USER; cat /proc/self/status", user_env=True
     ).stdout
     uid, gid, name, env_line, *rest = out.splitlines()
@@ -141,8 +86,8 @@ def test_entrypoint_drops_root_for_good():
     assert re.search(rf"^Gid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", proc, re.M)
 
 
-def test_entrypoint_groups_from_nb_groups():
-    out = run(
+def test_entrypoint_groups_from_nb_groups(image):
+    out = image.run(
         "sh",
         "-c",
         "id -gn; id -G; id -Gn",
@@ -155,56 +100,62 @@ def test_entrypoint_groups_from_nb_groups():
     assert "scirepo-users" in out[2].split() and "g23501" in out[2].split()
 
 
-def test_entrypoint_refuses_root_and_missing_identity():
-    res = run("id", opts=("-e", "NB_USER=alice", "-e", "NB_UID=0"), check=False)
+def test_entrypoint_refuses_root_and_missing_identity(image):
+    res = image.run("id", opts=("-e", "NB_USER=alice", "-e", "NB_UID=0"), check=False)
     assert res.returncode == 1 and "NB_UID is 0" in res.stderr
-    res = run(
+    res = image.run(
         "id", check=False, opts=("-e", "NB_USER=alice", "-e", "NB_UID=1000", "-e", "NB_GID=0")
     )
     assert res.returncode == 1 and "NB_GID is 0" in res.stderr
-    res = run("id", check=False)
+    res = image.run("id", check=False)
     assert res.returncode == 1 and "NB_USER and NB_UID" in res.stderr
-    res = run("id", opts=("-e", "NB_USER=Bad;name", "-e", "NB_UID=1000"), check=False)
+    res = image.run("id", opts=("-e", "NB_USER=Bad;name", "-e", "NB_UID=1000"), check=False)
     assert res.returncode == 1 and "not a valid user name" in res.stderr
 
 
-def test_entrypoint_not_root_execs_directly():
-    assert run("id", "-u", opts=("--user", "4321:4321")).stdout.strip() == "4321"
+def test_entrypoint_not_root_execs_directly(image):
+    assert image.run("id", "-u", opts=("--user", "4321:4321")).stdout.strip() == "4321"
 
 
-def test_restarted_container_starts_again():
+def test_restarted_container_starts_again(image):
     name = f"scirepo-test-{uuid.uuid4().hex[:8]}"
     try:
-        docker("run", "--name", name, *USER_ENV, IMAGE, "id", "-u")
+        docker("run", "--name", name, *USER_ENV, image.ref, "id", "-u")
         out = docker("start", "-a", name).stdout
         assert out.strip() == str(UID)
     finally:
         docker("rm", "-f", name, check=False)
 
 
-def test_files_in_the_home_belong_to_the_user(home):
-    run("sh", "-c", "touch ~/made-here && pwd", user_env=True, opts=("-v", f"{home}:/home/alice"))
+def test_files_in_the_home_belong_to_the_user(image, home):
+    image.run(
+        "sh", "-c", "touch ~/made-here && pwd", user_env=True, opts=("-v", f"{home}:/home/alice")
+    )
     made = home / "made-here"
     assert (made.stat().st_uid, made.stat().st_gid) == (UID, UID)
 
 
-def test_no_setuid_or_setgid_files():
-    out = run("/", "-xdev", "-perm", "/6000", "-type", "f", opts=("--entrypoint", "find")).stdout
+def test_no_setuid_or_setgid_files(image):
+    out = image.run(
+        "/", "-xdev", "-perm", "/6000", "-type", "f", opts=("--entrypoint", "find")
+    ).stdout
     assert out.strip() == ""
 
 
-def test_no_sudo():
-    res = run("-c", "command -v sudo su-exec doas gosu", opts=("--entrypoint", "sh"), check=False)
+def test_no_sudo(image):
+    res = image.run(
+        "-c", "command -v sudo su-exec doas gosu", opts=("--entrypoint", "sh"), check=False
+    )
     assert res.stdout.strip() == ""
 
 
-def test_jupyterlab_serves_its_api_as_the_user(home):
+def test_jupyterlab_serves_its_api_as_the_user(image, home):
     name = f"scirepo-test-{uuid.uuid4().hex[:8]}"
     lab = ["jupyter", "lab", "--no-browser", "--port", "8888", "--ServerApp.token=x"]
     # All interfaces of the container's own network namespace; published on loopback only.
     lab += ["--ip", "0.0.0.0"]  # noqa: S104
     opts = ["-v", f"{home}:/home/alice", "-p", "127.0.0.1::8888"]
-    docker("run", "-d", "--name", name, *USER_ENV, *opts, IMAGE, *lab)
+    docker("run", "-d", "--name", name, *USER_ENV, *opts, image.ref, *lab)
     try:
         port = docker("port", name, "8888/tcp").stdout.split(":")[-1].strip()
         url = f"http://127.0.0.1:{port}/api/status"

@@ -241,3 +241,40 @@ def test_proxy_lock_has_integrity_and_no_registry_urls():
     pkgs = {k: v for k, v in data["packages"].items() if k}
     assert "node_modules/configurable-http-proxy" in pkgs
     assert all("integrity" in p and "resolved" not in p for p in pkgs.values())
+
+
+def test_parent_stack_is_locked_first():
+    targets = images.lock_targets()
+    assert targets[0] == images.PARENT_STACK and targets[-1] == images.HUB
+    assert images.lock_targets([images.HUB, "seismology", images.PARENT_STACK]) == [
+        images.PARENT_STACK,
+        "seismology",
+        images.HUB,
+    ]
+    assert images.lock_constraints(images.PARENT_STACK) == []
+    assert images.lock_constraints(images.HUB) == []
+    assert images.lock_constraints("seismology") == [
+        REPO / "images" / images.PARENT_STACK / "requirements.txt"
+    ]
+
+
+def test_child_locks_keep_the_parents_pins():
+    parent = (REPO / "images" / images.PARENT_STACK / "requirements.txt").read_text()
+    children = [t for t in images.lock_targets() if t not in (images.PARENT_STACK, images.HUB)]
+    assert children, "no child stack under images/"
+    for name in children:
+        lock = (REPO / "images" / name / "requirements.txt").read_text()
+        assert images.shared_pin_conflicts(parent, lock) == {}, name
+        # Every requested package is in the lock, the headline one first.
+        wanted = images.read_requirements_in(
+            (REPO / "images" / name / "requirements.in").read_text()
+        )
+        assert set(wanted) <= set(images.read_lock(lock)), name
+
+
+def test_shared_pin_conflicts_and_headline():
+    parent = "a==1.0 \\\n    --hash=sha256:00\nb==2.0\n"
+    assert images.shared_pin_conflicts(parent, "a==1.0\nc==3\n") == {}
+    assert images.shared_pin_conflicts(parent, "b==2.1\n") == {"b": ("2.0", "2.1")}
+    assert images.headline("# comment\n\nObsPy>=1.5,<1.6\nnumpy\n") == "obspy"
+    assert images.headline("# nothing\n") is None
