@@ -295,9 +295,15 @@ def git_revision(repo: Path = REPO) -> tuple[str, str, bool]:
     return sha, date, dirty
 
 
-def image_tag(date: str, sha: str, dirty: bool = False) -> str:
-    """`YYYYMMDD-sha7`, with `-dirty` when the tree had uncommitted changes."""
-    return f"{date[:10].replace('-', '')}-{sha}" + ("-dirty" if dirty else "")
+def image_tag(
+    date: str, sha: str, dirty: bool = False, headline: tuple[str, str] | None = None
+) -> str:
+    """`YYYYMMDD-sha7[-dirty][-package-version]`: the commit date, the commit (`-dirty` when
+    the tree had uncommitted changes) and the headline package's locked version."""
+    tag = f"{date[:10].replace('-', '')}-{sha}" + ("-dirty" if dirty else "")
+    if headline:
+        tag += "-" + re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(headline))
+    return tag[:128]  # the longest tag a registry accepts
 
 
 def repository(registry: str, namespace: str, name: str) -> str:
@@ -352,6 +358,7 @@ def manifest(
         "tag": tag,
         "revision": revision,
         "source_date": date,
+        "headline": headline(lock_in),
         "packages": {p: pins[p] for p in read_requirements_in(lock_in) if p in pins},
         "lock_sha256": hashlib.sha256(lock.encode()).hexdigest(),
     }
@@ -439,7 +446,10 @@ def build_image(
     if not dockerfile.exists():
         raise ImageError(f"{dockerfile} does not exist: every image in images.stacks needs one")
     sha, date, dirty = revision or git_revision()
-    tag = image_tag(date, sha, dirty)
+    lock_in, lock = _read(lock_dir / "requirements.in"), _read(lock_dir / "requirements.txt")
+    top = headline(lock_in)
+    pinned = read_lock(lock).get(top) if top else None
+    tag = image_tag(date, sha, dirty, (top, pinned) if pinned else None)
     ns = cfg["images"]["namespace"]
     push_tag = f"{repository(push_registry, ns, name)}:{tag}"
     description = (
@@ -450,8 +460,8 @@ def build_image(
     man = manifest(
         name,
         description,
-        _read(lock_dir / "requirements.in"),
-        _read(lock_dir / "requirements.txt"),
+        lock_in,
+        lock,
         date,
         sha + ("-dirty" if dirty else ""),
         tag,

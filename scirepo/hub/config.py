@@ -61,6 +61,7 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
         name: {
             "description": site["images"]["stacks"][name]["description"],
             "packages": images["stacks"][name].get("manifest", {}).get("packages", {}),
+            "headline": images["stacks"][name].get("manifest", {}).get("headline"),
             "tag": images["stacks"][name].get("manifest", {}).get("tag", ""),
         }
         for name in hub["images"]

@@ -40,9 +40,11 @@ class ScirepoSpawner(DockerSpawner):
             return ""
         cards = []
         for name, info in self.stacks.items():
+            packages = info.get("packages", {})
+            # The headline package first, then the others by name.
+            order = sorted(packages, key=lambda p: (p != info.get("headline"), p))
             versions = ", ".join(
-                f"{html.escape(pkg)} {html.escape(ver)}"
-                for pkg, ver in sorted(info.get("packages", {}).items())
+                f"{html.escape(pkg)} {html.escape(packages[pkg])}" for pkg in order
             )
             checked = " checked" if name == self.default_stack else ""
             cards.append(

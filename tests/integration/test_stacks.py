@@ -78,3 +78,14 @@ def test_two_stacks_run_side_by_side_as_named_servers(chooser, cfg, host):
     finally:
         chooser.stop_server(server_name="second")
         chooser.stop_server()
+
+
+def test_every_stack_is_tagged_with_its_headline_version(cfg, host):
+    images = json.loads(host.file(f"{cfg['paths']['etc']}/images.json").content_string)
+    for name in cfg["hub"]["images"]:
+        entry = images["scirepo_images"]["stacks"][name]
+        manifest = entry["manifest"]
+        headline = manifest["headline"]
+        version = manifest["packages"][headline]
+        assert entry["tag"].endswith(f"-{headline}-{version}"), entry["tag"]
+        assert entry["ref"].split("@")[1].startswith("sha256:")

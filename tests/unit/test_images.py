@@ -114,6 +114,13 @@ def test_tag_from_commit_date_and_sha():
     )
 
 
+def test_tag_carries_the_headline_package_version():
+    tag = images.image_tag("2025-05-20T10:11:12Z", "abc1234", headline=("obspy", "1.5.1"))
+    assert tag == "20250520-abc1234-obspy-1.5.1"
+    odd = images.image_tag("2025-05-20", "abc1234", headline=("pkg", "1.0+local/x" * 20))
+    assert len(odd) == 128 and "/" not in odd and "+" not in odd
+
+
 def test_git_revision_of_this_repository():
     sha, date, _dirty = images.git_revision(REPO)
     assert re.fullmatch(r"[0-9a-f]{7}|nogit", sha)
