@@ -51,7 +51,7 @@ lint: $(STAMP) ## ruff, yamllint, shellcheck, hadolint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/yamllint -s .
 	$(VENV)/bin/shellcheck scripts/bootstrap .ci/run images/base/scirepo-start
-	$(VENV)/bin/hadolint images/*/Dockerfile hub/Dockerfile local/host/Dockerfile
+	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile
 
 unit: $(STAMP) ## Unit tests only (no host needed)
 	$(PY) -m pytest tests/unit

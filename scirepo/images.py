@@ -51,6 +51,8 @@ LOGS = BUILD / "logs"
 DEBIAN_IMAGE = "scirepo/debian:bookworm"
 # Shared local parent of the base stack and the hub (images/runtime); never pushed.
 RUNTIME_IMAGE = "scirepo/runtime:bookworm"
+# The Dockerfile of every child stack that has none of its own (Python packages only).
+STACK_DOCKERFILE = REPO / "images" / "stack.Dockerfile"
 SUITE = "bookworm"
 HUB = "hub"
 # The stack every other stack starts from (schema: images.stacks).
@@ -399,7 +401,11 @@ def _paths(name: str) -> tuple[Path, Path, Path]:
     if name == HUB:
         return REPO / "hub" / "Dockerfile", REPO, REPO / "hub"
     ctx = REPO / "images" / name
-    return ctx / "Dockerfile", ctx, ctx
+    own = ctx / "Dockerfile"
+    # A child stack of Python packages only has no Dockerfile of its own: STACK_DOCKERFILE.
+    if own.exists() or name == PARENT_STACK:
+        return own, ctx, ctx
+    return STACK_DOCKERFILE, ctx, ctx
 
 
 def _read(path: Path) -> str:
@@ -444,7 +450,7 @@ def build_image(
     """
     dockerfile, context, lock_dir = _paths(name)
     if not dockerfile.exists():
-        raise ImageError(f"{dockerfile} does not exist: every image in images.stacks needs one")
+        raise ImageError(f"{dockerfile} does not exist: the image {name} cannot be built")
     sha, date, dirty = revision or git_revision()
     lock_in, lock = _read(lock_dir / "requirements.in"), _read(lock_dir / "requirements.txt")
     top = headline(lock_in)

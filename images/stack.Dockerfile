@@ -1,5 +1,7 @@
-# A notebook stack on top of the base notebook image (images/base): the packages of this
-# directory's hashed lock, installed into the base's venv /opt/venv. The entrypoint, the
+# Every notebook stack on top of the base notebook image (images/base) that needs no more
+# than Python packages: the packages of the stack directory's hashed lock (the build
+# context, images/<name>), installed into the base's venv /opt/venv. A stack that needs
+# more (apt packages) puts its own Dockerfile in its directory. The entrypoint, the
 # user handling and the no-setuid rule come from the base. Built by `scirepo images build`,
 # which passes the base it has just pushed, pinned by digest, as BASE_IMAGE.
 ARG BASE_IMAGE
