@@ -37,7 +37,7 @@ deploy: $(STAMP) $(SITE) ## Deploy to real hosts: make deploy INVENTORY=path/to/
 	$(SCIREPO) config check $(SITE)
 	$(SCIREPO) deploy --site $(SITE) --inventory $(INVENTORY)
 
-images: $(STAMP) $(SITE) ## Build the images and push them (PUSH=host:port, default the local registry)
+images: $(STAMP) $(SITE) ## Build the images and push them (PUSH=host:port, default images.registry)
 	$(SCIREPO) images build --site $(SITE) $(if $(PUSH),--push-registry $(PUSH))
 
 locks: $(STAMP) ## Recompile the images' lock files from their requirements.in
