@@ -79,6 +79,13 @@ class Users:
     def hub(self, name: str) -> HubUser:
         return HubUser(self.hub_url, name, cafile=self.cafile)
 
+    def logged_in(self, prefix: str = "t") -> tuple[str, str, HubUser]:
+        """A new user, logged in to the hub: (name, password, client)."""
+        name, password = self.add(prefix)
+        hub = self.hub(name)
+        assert hub.login(password)
+        return name, password, hub
+
     def cleanup(self) -> None:
         for name in self.made:
             on_host(self.cfg, "docker", "rm", "-f", f"jupyter-{name}")

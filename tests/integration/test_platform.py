@@ -21,9 +21,7 @@ pytestmark = pytest.mark.host
 @pytest.fixture(scope="module")
 def alice(users):
     """A user with a running server (started through the hub API)."""
-    name, password = users.add("a")
-    hub = users.hub(name)
-    assert hub.login(password)
+    name, password, hub = users.logged_in("a")
     hub.start_server()
     yield name, password, hub
     hub.stop_server()
@@ -249,9 +247,7 @@ def test_admins_come_from_the_site_config(cfg, users, alice):
 
 
 def test_stopped_server_container_is_removed(users, cfg):
-    name, password = users.add("r")
-    hub = users.hub(name)
-    assert hub.login(password)
+    name, _, hub = users.logged_in("r")
     hub.start_server()
     assert on_host(cfg, "docker", "inspect", f"jupyter-{name}").returncode == 0
     hub.stop_server()

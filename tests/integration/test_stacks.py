@@ -13,10 +13,7 @@ pytestmark = pytest.mark.host
 
 @pytest.fixture(scope="module")
 def chooser(users):
-    name, password = users.add("k")
-    hub = users.hub(name)
-    assert hub.login(password)
-    return hub
+    return users.logged_in("k")[2]
 
 
 def test_an_image_outside_the_site_config_is_refused(chooser):
