@@ -118,8 +118,11 @@ class HubUser:
 
     def server(self, method: str, path: str, server_name: str = "", **kw) -> requests.Response:
         """Call one of the user's servers (path below /user/NAME[/SERVER]/) with the token."""
-        prefix = f"{self.url}/user/{self.name}/" + (f"{server_name}/" if server_name else "")
-        return self._call(method, prefix + path, **kw)
+        return self._call(method, self.url + self._server_path(server_name) + path, **kw)
+
+    def _server_path(self, server_name: str) -> str:
+        """`/user/NAME/` or `/user/NAME/SERVER/`: where the proxy routes a server."""
+        return f"/user/{self.name}/" + (f"{server_name}/" if server_name else "")
 
     def put_file(self, path: str, text: str) -> dict:
         res = self.server(
@@ -138,9 +141,7 @@ class HubUser:
         ws_url = self.url.replace("https://", "wss://").replace("http://", "ws://")
         sslopt = {"ca_certs": self.cafile} if isinstance(self.cafile, str) else {}
         ws = websocket.create_connection(
-            f"{ws_url}/user/{self.name}/"
-            + (f"{server_name}/" if server_name else "")
-            + f"api/kernels/{kid}/channels",
+            f"{ws_url}{self._server_path(server_name)}api/kernels/{kid}/channels",
             header=[f"Authorization: token {self.token}"],
             sslopt=sslopt,
             timeout=timeout,

@@ -57,14 +57,15 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     c.ScirepoAuthenticator.socket_path = paths["authd_socket"]
 
     refs = {name: images["stacks"][name]["ref"] for name in hub["images"]}
+    manifests = {name: images["stacks"][name].get("manifest", {}) for name in hub["images"]}
     c.ScirepoSpawner.stacks = {
         name: {
             "description": site["images"]["stacks"][name]["description"],
-            "packages": images["stacks"][name].get("manifest", {}).get("packages", {}),
-            "headline": images["stacks"][name].get("manifest", {}).get("headline"),
-            "tag": images["stacks"][name].get("manifest", {}).get("tag", ""),
+            "packages": man.get("packages", {}),
+            "headline": man.get("headline"),
+            "tag": man.get("tag", ""),
         }
-        for name in hub["images"]
+        for name, man in manifests.items()
     }
     c.ScirepoSpawner.default_stack = hub["default_image"]
     c.ScirepoSpawner.paths = paths

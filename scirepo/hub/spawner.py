@@ -88,27 +88,23 @@ class ScirepoSpawner(DockerSpawner):
         # Same absolute paths as on the host: ~/workspace is a symlink that resolves in both.
         return [{"type": "bind", "source": src, "target": src, "read_only": ro} for src, ro in spec]
 
-    def _refuse_unlisted_image(self) -> None:
-        """Refuse an image that is not offered, and forget the choice.
+    async def check_allowed(self, image):
+        """DockerSpawner's refusal of an unlisted image, which also forgets the choice.
 
         JupyterHub stores a start's options as the defaults of the next start; a refused
         image must not make every later start (with no options) fail the same way.
         """
-        image = self.user_options.get("image")
-        allowed = self._get_allowed_images()
-        if image is None or allowed == "*" or image in allowed:
-            return
-        self.user_options = {}
-        self.orm_spawner.user_options = {}
-        session = object_session(self.orm_spawner)
-        if session is not None:
-            session.commit()
-        raise web.HTTPError(
-            400, f"Image {image} not in allowed list: {', '.join(allowed)} (see the spawn form)"
-        )
+        try:
+            return await super().check_allowed(image)
+        except web.HTTPError:
+            self.user_options = {}
+            self.orm_spawner.user_options = {}
+            session = object_session(self.orm_spawner)
+            if session is not None:
+                session.commit()
+            raise
 
     async def start(self):
-        self._refuse_unlisted_image()
         user = await self._host_user()
         if user["uid"] == 0:
             raise RuntimeError("refusing to start a server for uid 0")
