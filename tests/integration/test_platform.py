@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import ssl
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_wrong_password_is_refused_by_the_hub(users):
 
 def test_non_platform_user_cannot_log_in_to_the_hub(cfg, users):
     """A Unix user outside the platform group is refused even with the right password."""
-    name = "np" + users.add("x")[0][1:]
+    name = f"np{secrets.token_hex(3)}"
     on_host(cfg, "useradd", "-M", name)
     on_host(cfg, "chpasswd", input=f"{name}:Outside-Pass-123\n")
     try:
