@@ -8,13 +8,14 @@ SCIREPO := $(VENV)/bin/scirepo
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help up down clean deploy test lint unit integration images locks config-docs
+.PHONY: help up down clean deploy test lint unit integration images locks config-docs ci-local \
+	bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%/-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml scripts/bootstrap
+$(STAMP): pyproject.toml scripts/bootstrap ci/local/package-lock.json
 	./scripts/bootstrap $(VENV)
 	@touch $@
 
@@ -43,6 +44,9 @@ images: $(STAMP) $(SITE) ## Build the images and push them (PUSH=host:port, defa
 locks: $(STAMP) ## Recompile the images' lock files from their requirements.in
 	$(SCIREPO) images lock
 
+ci-local: $(STAMP) $(SITE) ## Run the CI image jobs your changes select (gitlab-ci-local; JOBS=...)
+	$(PY) -m scirepo.ci --site $(SITE) $(JOBS)
+
 config-docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(SCIREPO) config docs
 
@@ -51,7 +55,11 @@ lint: $(STAMP) ## ruff, yamllint, shellcheck, hadolint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/yamllint -s .
 	$(VENV)/bin/shellcheck scripts/bootstrap .ci/run images/base/scirepo-start
-	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile
+	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile \
+	  bench/stock/Dockerfile
+
+bench: $(STAMP) $(SITE) ## Benchmark the local host against stock JupyterHub (BENCH_ARGS="--n 5,10 ...")
+	$(PY) bench/run.py --site $(SITE) $(BENCH_ARGS)
 
 unit: $(STAMP) ## Unit tests only (no host needed)
 	$(PY) -m pytest tests/unit

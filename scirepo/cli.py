@@ -23,7 +23,12 @@ COMMAND_MODULES = [
     "scirepo.images",
     "scirepo.local",
     "scirepo.deploy",
+    "scirepo.health",
     "scirepo.authd",
+    "scirepo.accounts.cli",
+    "scirepo.backup",
+    "scirepo.storage",
+    "scirepo.storage.groups",
 ]
 
 

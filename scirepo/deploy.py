@@ -3,7 +3,9 @@
 The same function deploys the local host of `make up` and real Debian 12 hosts over SSH.
 It hands the playbook three things, all derived from the site config: the resolved config
 (build/site.json), the image digests (build/images.json, written by `scirepo images build`)
-and the scirepo wheel that the host runs its services from.
+and the scirepo wheel that the host runs its services from. After a successful playbook
+run, `scirepo deploy` checks the host end to end (scirepo/health.py; `--no-health` skips
+it) and exits 1 when a check failed.
 """
 
 from __future__ import annotations
@@ -114,5 +116,20 @@ def register(subparsers) -> None:
         required=True,
         help="Ansible inventory of Debian 12 hosts (see README: Real hosts)",
     )
+    p.add_argument(
+        "--no-health",
+        action="store_true",
+        help="skip the health check that follows a successful deploy (scirepo health)",
+    )
     p.add_argument("ansible_args", nargs="*", help="passed to ansible-playbook (after --)")
-    p.set_defaults(func=lambda a: run(a.site, a.inventory, extra=a.ansible_args))
+    p.set_defaults(func=_cmd_deploy)
+
+
+def _cmd_deploy(args) -> int:
+    """Deploy, then check the host end to end (`scirepo health`) unless --no-health."""
+    rc = run(args.site, args.inventory, extra=args.ansible_args)
+    if rc != 0 or args.no_health:
+        return rc
+    from scirepo import health  # health imports nothing of the deploy; this keeps it so
+
+    return health.after_deploy(args.site, args.inventory)

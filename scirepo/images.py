@@ -593,11 +593,69 @@ def build_all(cfg: dict, push_registry: str, only: str | None = None) -> dict:
             flush=True,
         )
     doc = images_document(hub, stacks)
-    BUILD.mkdir(parents=True, exist_ok=True)
-    tmp = IMAGES_JSON.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    tmp.replace(IMAGES_JSON)
+    write_images_json(doc)
     progress.say(f"wrote {IMAGES_JSON} ({time.monotonic() - started:.0f} s)")
+    return doc
+
+
+def write_images_json(doc: dict, path: Path | None = None) -> None:
+    """Write an images document (`images_document`) atomically to `path` (build/images.json)."""
+    path = path or IMAGES_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def entry(images_doc: dict, name: str) -> dict:
+    """The entry of image `name` (a stack or "hub") in the `scirepo_images` part of an
+    images.json (`load_images_json`)."""
+    found = images_doc.get("hub") if name == HUB else images_doc.get("stacks", {}).get(name)
+    if not found:
+        have = [*images_doc.get("stacks", {}), *([HUB] if images_doc.get("hub") else [])]
+        raise ImageError(f"no image {name!r} in images.json (it has: {', '.join(have) or '-'})")
+    return found
+
+
+def release_image(built: dict, name: str, push_registry: str, ns: str) -> dict:
+    """Push an image that was built and pushed elsewhere (its images.json entry `built`,
+    pulled by digest when this engine lacks it) to `push_registry` under the same tag;
+    return the entry with `push_ref` at `push_registry`.
+
+    The image is not rebuilt: what was tested is what is pushed. The registry must report
+    the digest it had before (same manifest), else ImageError.
+    """
+    source = built["push_ref"]
+    if "@" not in source:
+        raise ImageError(f"{name}: {source} is not a digest reference")
+    digest = source.split("@", 1)[1]
+    dest_repo = repository(push_registry, ns, name)
+    dest = f"{dest_repo}:{built['tag'].rsplit(':', 1)[1]}"
+    if not image_exists(source):
+        progress.say(f"  {name}: pulling {source}")
+        docker("pull", "-q", source, capture=True)
+    docker("tag", source, dest, capture=True)
+    progress.say(f"  {name}: pushing {dest}")
+    out = docker("push", dest, capture=True)
+    pushed = push_digest(out) or _repo_digest(dest, dest_repo)
+    if pushed != digest:
+        raise ImageError(f"{name}: {dest} was pushed as {pushed}, not as the tested {digest}")
+    return {**built, "push_ref": f"{dest_repo}@{digest}"}
+
+
+def push_images(cfg: dict, path: Path, names: list[str], push_registry: str) -> dict:
+    """`release_image` for each of `names` in the images.json at `path`; rewrite it with
+    their new `push_ref`s and return its `scirepo_images` part."""
+    doc = load_images_json(path)
+    ns = cfg["images"]["namespace"]
+    for name in names:
+        pushed = release_image(entry(doc, name), name, push_registry, ns)
+        if name == HUB:
+            doc["hub"] = pushed
+        else:
+            doc["stacks"][name] = pushed
+        print(f"{name}: {pushed['push_ref']}", flush=True)
+    write_images_json({"scirepo_images": doc}, path)
     return doc
 
 
@@ -751,6 +809,21 @@ def register(subparsers) -> None:
     build.add_argument("--only", metavar="NAME", help="build only this stack, or hub")
     build.set_defaults(func=_cmd_build)
 
+    push = actions.add_parser(
+        "push",
+        help="push images of an images.json, by digest and unchanged, to another registry",
+    )
+    push.add_argument("--site", help="site file (default: --config, else site.yml)")
+    push.add_argument("--images-json", type=Path, default=IMAGES_JSON, metavar="PATH")
+    push.add_argument("--push-registry", metavar="HOST:PORT[/PATH]", required=True)
+    push.add_argument("names", nargs="+", metavar="NAME", help="stack or hub")
+    push.set_defaults(func=_cmd_push)
+
+    ref = actions.add_parser("ref", help="print the push_ref (digest reference) of an image")
+    ref.add_argument("--images-json", type=Path, default=IMAGES_JSON, metavar="PATH")
+    ref.add_argument("name", metavar="NAME", help="stack or hub")
+    ref.set_defaults(func=_cmd_ref)
+
     lk = actions.add_parser(
         "lock",
         help="compile requirements.in to requirements.txt "
@@ -770,6 +843,23 @@ def _cmd_build(args) -> int:
         build_all(cfg, args.push_registry or cfg["images"]["registry"], only=args.only)
     except DockerError as exc:
         raise ImageError(str(exc)) from None
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from scirepo import config as siteconfig  # noqa: PLC0415
+
+    site = args.site or args.config or "site.yml"
+    cfg = siteconfig.resolve(siteconfig.load(site))
+    try:
+        push_images(cfg, args.images_json, args.names, args.push_registry)
+    except DockerError as exc:
+        raise ImageError(str(exc)) from None
+    return 0
+
+
+def _cmd_ref(args) -> int:
+    print(entry(load_images_json(args.images_json), args.name)["push_ref"])
     return 0
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from scirepo import config as siteconfig
-from scirepo import deploy, images, progress, registry, tls
+from scirepo import deploy, images, mailcatcher, progress, registry, tls
 from scirepo.dockercli import DOCKER, apt_install, docker, docker_ok
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,6 +201,21 @@ printf '%s ALL=(ALL) NOPASSWD:ALL\\n' {user} > /etc/sudoers.d/scirepo-deploy
 chmod 0440 /etc/sudoers.d/scirepo-deploy
 """
     docker("exec", name, "bash", "-c", script, capture=True)
+    _write_known_hosts(cfg)
+
+
+def _write_known_hosts(cfg: dict) -> None:
+    """The host's SSH keys, read through Docker (a channel we trust), as the only known
+    keys of its forwarded port: no trust on first use, and a recreated host (new keys)
+    is simply known anew."""
+    name, port = cfg["local"]["container"], cfg["local"]["ssh_port"]
+    keys = docker("exec", name, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub", capture=True)
+    lines = [
+        f"[127.0.0.1]:{port} {' '.join(line.split()[:2])}"
+        for line in keys.splitlines()
+        if line.strip()
+    ]
+    (LOCAL / "known_hosts").write_text("\n".join(lines) + "\n")
 
 
 def write_inventory(cfg: dict) -> Path:
@@ -215,7 +230,7 @@ def write_inventory(cfg: dict) -> Path:
                     "ansible_ssh_private_key_file": str(LOCAL / "deploy_key"),
                     "ansible_ssh_common_args": (
                         f"-o UserKnownHostsFile={LOCAL / 'known_hosts'} "
-                        "-o StrictHostKeyChecking=accept-new"
+                        "-o StrictHostKeyChecking=yes"
                     ),
                     "ansible_python_interpreter": "/usr/bin/python3",
                     # The local registry is signed by the local CA; a real site's
@@ -230,8 +245,9 @@ def write_inventory(cfg: dict) -> Path:
     return path
 
 
-def up(site: Path) -> int:
-    """Bring the local host up (or bring it back), deploy, and say where things are."""
+def up(site: Path, health: bool = True) -> int:
+    """Bring the local host up (or bring it back), deploy, check it end to end (`scirepo
+    health`, about 7-11 s, unless `health` is false) and say where things are."""
     started = time.monotonic()
     cfg = siteconfig.resolve(siteconfig.load(site))
     steps = progress.Steps(
@@ -251,17 +267,32 @@ def up(site: Path) -> int:
     gw = gateway_ip()
     tls.ensure_ca()
     push_registry = registry.ensure(cfg, gw)
+    mailcatcher.ensure(gw)
     steps.next()
     images.build_all(cfg, push_registry=push_registry)  # makes images.DEBIAN_IMAGE first
     steps.next()
     ensure_host(cfg, images.DEBIAN_IMAGE)
+    _ensure_hosts_entry(cfg, mailcatcher.HOSTNAME, gw)
     steps.next()
     inventory = write_inventory(cfg)
     rc = deploy.run(site, inventory)
     if rc != 0:
         return rc
+    if health:
+        from scirepo import health as healthcheck  # imports nothing of local or deploy
+
+        rc = healthcheck.after_deploy(site)
+        if rc != 0:
+            return rc
     _print_summary(cfg, time.monotonic() - started)
     return 0
+
+
+def _ensure_hosts_entry(cfg: dict, name: str, address: str) -> None:
+    """Make `name` resolve to `address` in the host container (Docker rewrites /etc/hosts
+    when the container starts, so this runs at every `up`)."""
+    script = f"grep -q ' {name}$' /etc/hosts || echo '{address} {name}' >> /etc/hosts"
+    subprocess.run([DOCKER, "exec", cfg["local"]["container"], "sh", "-c", script], check=True)
 
 
 def _print_summary(cfg: dict, seconds: float) -> None:
@@ -293,6 +324,7 @@ def down(site: Path) -> int:
         progress.say(f"stopping {cfg['local']['container']} (data kept)")
         docker("stop", cfg["local"]["container"], capture=True)
     registry.stop()
+    mailcatcher.stop()
     return 0
 
 
@@ -304,6 +336,8 @@ def clean(site: Path) -> int:
         subprocess.run([DOCKER, "volume", "rm", "-f", _volume(cfg)], capture_output=True)
     registry.stop()
     registry.remove_data()
+    mailcatcher.stop()
+    shutil.rmtree(mailcatcher.DIR, ignore_errors=True)
     shutil.rmtree(LOCAL, ignore_errors=True)
     shutil.rmtree(REPO / "build", ignore_errors=True)
     progress.say("local host removed (the CA in .scirepo/tls is kept)")
@@ -323,13 +357,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("local", help="the local repository host (make up/down/clean)")
     sub = p.add_subparsers(dest="local_command", required=True)
     for verb, fn, text in (
-        ("up", up, "build, start and deploy the local host"),
+        ("up", up, "build, start and deploy the local host, then check it (scirepo health)"),
         ("down", down, "stop the local host, keeping its data"),
         ("clean", clean, "remove the local host and its data"),
     ):
         s = sub.add_parser(verb, help=text)
         s.add_argument("--site", type=Path, default=Path("site.yml"))
         s.set_defaults(func=lambda a, fn=fn: fn(a.site))
+        if verb == "up":
+            s.add_argument(
+                "--no-health", action="store_true", help="skip the health check after the deploy"
+            )
+            s.set_defaults(func=lambda a: up(a.site, health=not a.no_health))
     s = sub.add_parser("exec", help="run a command as root on the local host")
     s.add_argument("--site", type=Path, default=Path("site.yml"))
     s.add_argument("command", nargs="+")

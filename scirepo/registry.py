@@ -7,15 +7,13 @@ address, so containers (the host) reach it and the rest of the network does not.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
 
-from scirepo import progress, tls
+from scirepo import daemon, progress, tls
 from scirepo.config import ScirepoError
 from scirepo.dockercli import apt_install
 
@@ -34,14 +32,6 @@ def _answers(addr: str) -> bool:
         return r.status == 200
 
 
-def _running() -> bool:
-    try:
-        os.kill(int(PIDFILE.read_text()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def ensure(cfg: dict, gateway: str) -> str:
     """Start the registry if needed; return the address to push to (gateway:port)."""
     if not Path(BINARY).exists():
@@ -55,7 +45,7 @@ def ensure(cfg: dict, gateway: str) -> str:
     certs_d = Path("/etc/docker/certs.d") / addr
     certs_d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tls.CA_CERT, certs_d / "ca.crt")
-    if _running():
+    if daemon.running(PIDFILE):
         try:
             if _answers(addr):
                 return addr
@@ -89,9 +79,7 @@ def ensure(cfg: dict, gateway: str) -> str:
 
 
 def stop() -> None:
-    if _running():
-        os.kill(int(PIDFILE.read_text()), signal.SIGTERM)
-    PIDFILE.unlink(missing_ok=True)
+    daemon.stop(PIDFILE)
 
 
 def remove_data() -> None:

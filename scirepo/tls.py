@@ -8,7 +8,9 @@ machine except the host's own key, which the playbook copies to the host.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import ipaddress
 import os
 import subprocess
@@ -85,3 +87,15 @@ def ensure_server_cert(name: str, names: list[str]) -> tuple[Path, Path]:
     crt.chmod(0o644)
     sans.write_text(wanted)
     return crt, key
+
+
+def spki_hash(cert: Path) -> str:
+    """base64 SHA-256 of a certificate's public key, for Chromium's per-key trust flag
+    (`--ignore-certificate-errors-spki-list`)."""
+    pem = subprocess.run(
+        ["openssl", "x509", "-pubkey", "-noout", "-in", str(cert)], check=True, capture_output=True
+    ).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=pem, check=True, capture_output=True
+    ).stdout
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()

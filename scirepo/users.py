@@ -8,14 +8,17 @@ than editing /etc/passwd, and need root.
 A platform user `alice` gets: a uid from users.uid_min..users.uid_max, her own group
 `alice` whose gid equals that uid, membership of users.group (which lets her log in),
 a home under users.home_root (0700), a workspace paths.workspaces/alice (0700) and the
-symlink ~/workspace pointing to it. The config passed in must be resolved
-(`scirepo.config.resolve`).
+symlink ~/workspace pointing to it, a public folder paths.public/alice (0755: every
+platform user reads it, through the parent that only users.group may enter) and a scratch
+folder paths.scratch/alice (0700), linked in the workspace as `public` and `scratch`.
+The config passed in must be resolved (`scirepo.config.resolve`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import grp
 import json
 import logging
@@ -24,6 +27,7 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +35,12 @@ from pathlib import Path
 from scirepo import config as sconfig
 from scirepo.config import ScirepoError
 
+# Held while an account is made (uid allocation to useradd); /run/lock is a tmpfs.
+ACCOUNTS_LOCK = "/run/lock/scirepo-users.lock"
 log = logging.getLogger(__name__)
 
+# Areas (keys of paths) that hold one directory per user, named after the user.
+USER_AREAS = ("workspaces", "public", "scratch")
 USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")  # as site.contact_email in the schema
 # No 0/O/o, 1/l/I: the temporary password is read off a screen and typed in.
@@ -181,12 +189,14 @@ def _adopt(path: str, old_uid: int, old_gid: int, uid: int, gid: int) -> None:
                 os.chown(full, uid, new_gid, follow_symlinks=False)
 
 
-def _ensure_dir(path: str, uid: int, gid: int, mode: int, username: str) -> None:
-    """`path` is a real directory owned by uid:gid with `mode`."""
+def _ensure_dir(path: str, uid: int, gid: int, mode: int, username: str) -> bool:
+    """`path` is a real directory owned by uid:gid with `mode`; True if anything changed."""
     if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
         raise UserError(f"{path} exists and is not a directory; move it away")
+    changed = False
     if not os.path.exists(path):
         os.mkdir(path, mode)
+        changed = True
         log.info("created %s", path)
     st = os.lstat(path)
     if (st.st_uid, st.st_gid) != (uid, gid):
@@ -197,10 +207,13 @@ def _ensure_dir(path: str, uid: int, gid: int, mode: int, username: str) -> None
             # Data kept when an account of the same name was removed: hand it over.
             _adopt(path, st.st_uid, st.st_gid, uid, gid)
         os.chown(path, uid, gid, follow_symlinks=False)
+        changed = True
         log.info("set owner of %s to %s", path, username)
     if st.st_mode & 0o7777 != mode:
         os.chmod(path, mode)
+        changed = True
         log.info("set mode of %s to %04o", path, mode)
+    return changed
 
 
 def _ensure_root_dir(path: str, mode: int) -> None:
@@ -214,6 +227,67 @@ def _ensure_root_dir(path: str, mode: int) -> None:
     os.mkdir(path)
     os.chmod(path, mode)  # mkdir's mode is masked by the umask
     log.info("created %s", path)
+
+
+def _ensure_area(cfg: dict, key: str) -> str:
+    """paths[key], created as `config.layout` describes it when missing (before the first
+    deploy, or in tests); an existing one is left as it is: Ansible owns its mode."""
+    path = cfg["paths"][key]
+    if not os.path.isdir(path):
+        (spec,) = [a for a in cfg["layout"] if a["path"] == path]
+        _ensure_root_dir(os.path.dirname(path), 0o755)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+            os.chown(path, pwd.getpwnam(spec["owner"]).pw_uid, grp.getgrnam(spec["group"]).gr_gid)
+            os.chmod(path, int(spec["mode"], 8))
+            log.info("created %s", path)
+    return path
+
+
+def _ensure_link_in(directory: str, name: str, target: str, uid: int, gid: int) -> bool:
+    """Link `directory/name` -> `target` unless something of that name is there; True if
+    made. `directory` belongs to the user: a file or link of theirs with that name is
+    theirs and is left alone (with a warning), and nothing in it is followed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.symlink(target, name, dir_fd=fd)
+        except FileExistsError:
+            try:
+                current = os.readlink(name, dir_fd=fd)
+            except OSError:
+                current = None
+            if current != target:
+                log.warning("%s/%s exists and is not a link to %s; left alone", directory, name,
+                            target)  # fmt: skip
+            return False
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        log.info("linked %s/%s -> %s", directory, name, target)
+        return True
+    finally:
+        os.close(fd)
+
+
+def ensure_user_areas(cfg: dict, username: str) -> bool:
+    """The public and scratch folders of existing platform user `username` and their links
+    in the workspace, made or repaired (owner, mode); True if anything changed.
+    `ensure_user` calls it; the deploy calls it for every user (`scirepo storage repair`).
+    Without a workspace (archived by offboarding) the links wait for its return."""
+    account = pwd.getpwnam(username)
+    uid, gid = account.pw_uid, account.pw_gid
+    workspace = os.path.join(cfg["paths"]["workspaces"], username)
+    changed = False
+    for key, mode in (("public", 0o755), ("scratch", 0o700)):
+        folder = os.path.join(_ensure_area(cfg, key), username)
+        changed |= _ensure_dir(folder, uid, gid, mode, username)
+        if os.path.isdir(workspace) and not os.path.islink(workspace):
+            changed |= _ensure_link_in(workspace, key, folder, uid, gid)
+    return changed
+
+
+def platform_users(cfg: dict) -> list[pwd.struct_passwd]:
+    """Every account whose uid lies in users.uid_min..users.uid_max, by name."""
+    return sorted((p for p in pwd.getpwall() if _in_range(cfg, p.pw_uid)), key=lambda p: p.pw_name)
 
 
 def _ensure_symlink(link: str, target: str, uid: int, gid: int) -> None:
@@ -234,7 +308,7 @@ def _used_ids(cfg: dict) -> tuple[set[int], set[int]]:
     gids = {g.gr_gid for g in grp.getgrall()}
     # uids still owning kept data of removed users are not handed out again: a new user
     # would otherwise get a stranger's files.
-    for base in (cfg["users"]["home_root"], cfg["paths"]["workspaces"]):
+    for base in (cfg["users"]["home_root"], *(cfg["paths"][k] for k in USER_AREAS)):
         try:
             entries = list(os.scandir(base))
         except OSError:
@@ -252,6 +326,7 @@ def ensure_user(
     email: str,
     admin: bool = False,
     expire_password: bool = False,
+    note: str = "",
 ) -> tuple[bool, str | None]:
     """Make `username` a complete platform user; return (created, temporary_password).
 
@@ -261,7 +336,9 @@ def ensure_user(
     home, workspace and symlink are fixed, and (False, None) is returned.
 
     Hub administrators are listed in users.admins of the config, the one place the hub
-    reads them from: `admin=True` only checks that `username` is listed there.
+    reads them from: `admin=True` only checks that `username` is listed there. `note` goes
+    into the second GECOS field of a new account (the accounts service names its request
+    there, so that a rerun recognises the account it made).
     """
     if "paths" not in cfg:
         raise ValueError("ensure_user needs a resolved config (scirepo.config.resolve)")
@@ -281,7 +358,28 @@ def ensure_user(
     if not EMAIL_RE.fullmatch(email):
         raise UserError(f"invalid email address {email!r}")
 
-    ensure_group(users["group"], system=True)
+    with _accounts_lock():
+        ensure_group(users["group"], system=True)
+        return _ensure_user_locked(cfg, username, full_name, email, expire_password, note)
+
+
+@contextlib.contextmanager
+def _accounts_lock():
+    """One account change at a time on this host: two `scirepo user add` (or the accounts
+    service and an operator) would otherwise pick the same free uid and one would fail."""
+    os.makedirs(os.path.dirname(ACCOUNTS_LOCK), exist_ok=True)
+    fd = os.open(ACCOUNTS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_user_locked(
+    cfg: dict, username: str, full_name: str, email: str, expire_password: bool, note: str
+) -> tuple[bool, str | None]:
+    users = cfg["users"]
     account = _getpwnam(username)
     password = None
     if account is None:
@@ -306,7 +404,7 @@ def ensure_user(
                 "--home-dir", home,
                 "--create-home",
                 "--shell", users["shell"],
-                "--comment", f"{full_name},,,,{email}",
+                "--comment", f"{full_name},{clean_gecos_field(note, 'note')},,,{email}",
                 # Large uids would make lastlog/faillog huge sparse files.
                 "--no-log-init",
                 username,
@@ -314,9 +412,7 @@ def ensure_user(
         )  # fmt: skip
         log.info("created user %s (uid %d)", username, uid)
         password = generate_password()
-        _run(["chpasswd"], stdin=f"{username}:{password}\n")
-        if expire_password:
-            _run(["chage", "--lastday", "0", username])
+        set_password(username, password, expire=expire_password)
         account = pwd.getpwnam(username)
     uid = account.pw_uid
     ensure_group(username, gid=uid)
@@ -327,20 +423,57 @@ def ensure_user(
 
     home = account.pw_dir
     _ensure_dir(home, uid, uid, 0o700, username)
-    workspaces = cfg["paths"]["workspaces"]
-    _ensure_root_dir(workspaces, 0o711)
-    workspace = os.path.join(workspaces, username)
+    workspace = os.path.join(_ensure_area(cfg, "workspaces"), username)
     _ensure_dir(workspace, uid, uid, 0o700, username)
     _ensure_symlink(os.path.join(home, "workspace"), workspace, uid, uid)
+    ensure_user_areas(cfg, username)
     return password is not None, password
+
+
+def set_password(username: str, password: str, expire: bool = False) -> None:
+    """Set `username`'s password (chpasswd); `expire`: it must be changed at the next login.
+
+    Without `expire` the password counts as changed today, which ends a pending demand for a
+    new password."""
+    if "\n" in password or ":" in username:
+        raise UserError("a password cannot contain a line break")
+    _run(["chpasswd"], stdin=f"{username}:{password}\n")
+    if expire:
+        _run(["chage", "--lastday", "0", username])
+
+
+def ensure_authorized_key(username: str, key: str) -> bool:
+    """Add public key line `key` to ~username/.ssh/authorized_keys; True if added.
+
+    Runs as root in a directory the user owns, so nothing is followed: ~/.ssh and the file
+    must be a real directory and a regular file (or absent)."""
+    account = pwd.getpwnam(username)
+    ssh_dir = os.path.join(account.pw_dir, ".ssh")
+    if os.path.islink(ssh_dir):
+        raise UserError(f"{ssh_dir} is a symlink; refusing to write a key through it")
+    if not os.path.isdir(ssh_dir):
+        os.mkdir(ssh_dir, 0o700)
+        os.chown(ssh_dir, account.pw_uid, account.pw_gid)
+    path = os.path.join(ssh_dir, "authorized_keys")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "r+") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise UserError(f"{path} is not a regular file")
+        os.fchown(fh.fileno(), account.pw_uid, account.pw_gid)
+        os.fchmod(fh.fileno(), 0o600)
+        if key.strip() in (line.strip() for line in fh.read().splitlines()):
+            return False
+        fh.write(key.strip() + "\n")
+    log.info("added an SSH key for %s", username)
+    return True
 
 
 def remove_user(cfg: dict, username: str, keep_data: bool = True) -> bool:
     """Delete platform user `username` and its group; True if there was one to delete.
 
-    With keep_data (the default) home and workspace stay, and their uid is not handed to
-    anyone else while they exist; re-adding the same name gives them back. Otherwise both
-    are deleted, but only at the places `ensure_user` puts them.
+    With keep_data (the default) home, workspace, public and scratch folders stay, and
+    their uid is not handed to anyone else while they exist; re-adding the same name gives
+    them back. Otherwise they are deleted, but only at the places `ensure_user` puts them.
     """
     if "paths" not in cfg:
         raise ValueError("remove_user needs a resolved config (scirepo.config.resolve)")
@@ -361,7 +494,8 @@ def remove_user(cfg: dict, username: str, keep_data: bool = True) -> bool:
         log.info("deleted group %s", username)
     if not keep_data:
         own_home = os.path.join(cfg["users"]["home_root"], username)
-        for path in (own_home, os.path.join(cfg["paths"]["workspaces"], username)):
+        areas = [os.path.join(cfg["paths"][k], username) for k in USER_AREAS]
+        for path in (own_home, *areas):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
                 log.info("deleted %s", path)
@@ -401,7 +535,11 @@ def register(subparsers) -> None:
 
     rm = actions.add_parser("remove", help="delete a platform user (data is kept)")
     rm.add_argument("username")
-    rm.add_argument("--delete-data", action="store_true", help="also delete home and workspace")
+    rm.add_argument(
+        "--delete-data",
+        action="store_true",
+        help="also delete home, workspace, public and scratch folders",
+    )
     rm.set_defaults(func=_cmd_remove)
 
     for sub in (add, rm):

@@ -18,6 +18,8 @@ from tornado import web
 from traitlets import Dict, Float, Unicode, default
 
 from scirepo.authd import query
+from scirepo.storage import notebook_fs
+from scirepo.storage.areas import container_mounts
 
 
 class ScirepoSpawner(DockerSpawner):
@@ -26,12 +28,43 @@ class ScirepoSpawner(DockerSpawner):
     authd_socket = Unicode("/run/scirepo/authd.sock", config=True)
     authd_timeout = Float(15.0, config=True)
     paths = Dict(config=True, help="The `paths` section of the resolved site config.")
+    fsspec = Dict(
+        config=True,
+        help="`storage.fsspec` of the site config: where the URL schemes of scirepo-fs "
+        "(sites://, workspace://, ...) find the data areas.",
+    )
     stacks = Dict(
         config=True,
         help="Offered images by name: {description, packages: {name: version}, tag, date}, "
         "from the site config and the images' manifests; the keys of allowed_images.",
     )
     default_stack = Unicode(config=True, help="Name of the image preselected in the form.")
+
+    def _chosen_stack(self) -> str:
+        """Name of the stack this start runs: the user's choice, else the image the
+        spawner has (a former choice or the default)."""
+        chosen = self.user_options.get("image")
+        if chosen:
+            return chosen
+        allowed = self._get_allowed_images()
+        if isinstance(allowed, dict):
+            for name, ref in allowed.items():
+                if ref == self.image:
+                    return name
+        return self.default_stack
+
+    def _apply_limits(self) -> None:
+        """The chosen stack's memory and CPU limits (`images.stacks.<name>`, else the
+        hub's). Memory plus swap is capped at the memory limit: a server never swaps
+        the host, it goes over its limit and the kernel's OOM killer stops its largest
+        process (a kernel: the server restarts it)."""
+        limits = self.stacks.get(self._chosen_stack(), {})
+        if "mem_limit" in limits:
+            self.mem_limit = limits["mem_limit"]
+        if "cpu_limit" in limits:
+            self.cpu_limit = limits["cpu_limit"]
+        if self.mem_limit is not None and isinstance(self.extra_host_config, dict):
+            self.extra_host_config = {**self.extra_host_config, "memswap_limit": self.mem_limit}
 
     @default("options_form")
     def _scirepo_options_form(self):
@@ -76,17 +109,7 @@ class ScirepoSpawner(DockerSpawner):
         return answer["user"]
 
     def _mounts(self, user: dict) -> list[dict]:
-        p, name = self.paths, user["name"]
-        workspace = f"{p['workspaces']}/{name}"
-        spec = [
-            (user["home"], False),
-            (workspace, False),
-            (p["data"], True),
-            (p["software"], True),
-            (p["upload"], False),
-        ]
-        # Same absolute paths as on the host: ~/workspace is a symlink that resolves in both.
-        return [{"type": "bind", "source": src, "target": src, "read_only": ro} for src, ro in spec]
+        return container_mounts(self.paths, user["name"], user["home"])
 
     async def check_allowed(self, image):
         """DockerSpawner's refusal of an unlisted image, which also forgets the choice.
@@ -108,7 +131,7 @@ class ScirepoSpawner(DockerSpawner):
         user = await self._host_user()
         if user["uid"] == 0:
             raise RuntimeError("refusing to start a server for uid 0")
-        self.mounts = self._mounts(user)
+        self.mounts = self._mounts(user) + notebook_fs.mounts(self.fsspec, user["name"])
         groups = [
             f"{g}:{gid}"
             for g, gid in zip(user["groups"], user["group_ids"], strict=True)
@@ -121,7 +144,15 @@ class ScirepoSpawner(DockerSpawner):
                 "NB_GID": str(user["gid"]),
                 "NB_GROUPS": ",".join(groups),
                 "NB_HOME": user["home"],
+                # scirepo-fs: where sites://, workspace://, ... are (the user is NB_USER).
+                **notebook_fs.environment(self.paths, self.fsspec),
             }
         )
         self.notebook_dir = user["home"]
+        self._apply_limits()
+        # Not auto-removed: Docker 20.10 deletes auto-removed containers when the engine
+        # restarts, live-restore or not (moby/moby#46308), and a deploy may restart it.
+        # `remove` still deletes the container when the server stops (through the API),
+        # and a container left by a crash is removed at the next start.
+        self.extra_host_config = {**self.extra_host_config, "auto_remove": False}
         return await super().start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,16 @@ def requested(lineage) -> list[str]:
         if path.exists():
             names += images.read_requirements_in(path.read_text())
     return list(dict.fromkeys(names))
+
+
+@pytest.fixture(scope="module")
+def local_packages(lineage) -> dict[str, str]:
+    """{name: version} of the packages the image installs from this repository's source
+    (a directory with a pyproject.toml in the image's build context, such as
+    images/base/scirepo-fs), for the image's stack and its parent."""
+    found: dict[str, str] = {}
+    for name in lineage:
+        for pyproject in sorted((REPO / "images" / name).glob("*/pyproject.toml")):
+            project = tomllib.loads(pyproject.read_text())["project"]
+            found[images.normalize(project["name"])] = project["version"]
+    return found

@@ -41,7 +41,7 @@ def test_manifest_matches_the_lock(manifest, locked):
     assert manifest["lock_sha256"] == hashlib.sha256(lock_text.encode()).hexdigest()
 
 
-def test_installed_packages_are_exactly_the_lock(image, locked):
+def test_installed_packages_are_exactly_the_lock(image, locked, local_packages):
     out = image.run(
         "pip",
         "list",
@@ -52,7 +52,9 @@ def test_installed_packages_are_exactly_the_lock(image, locked):
     installed = {images.normalize(p["name"]): p["version"] for p in json.loads(out)}
     wrong = {p: (v, installed.get(p)) for p, v in locked.items() if installed.get(p) != v}
     assert not wrong, f"locked version != installed version: {wrong}"
-    extra = set(installed) - set(locked) - VENV_SEED
+    # This repository's own packages (scirepo-fs) at the version of their source.
+    assert {p: installed.get(p) for p in local_packages} == local_packages
+    extra = set(installed) - set(locked) - VENV_SEED - set(local_packages)
     assert not extra, f"installed but not locked: {sorted(extra)}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -21,6 +22,21 @@ from scirepo.hubclient import HubUser
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / ".scirepo" / "local"
+
+
+def scirepo_cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`scirepo ARGS` of this tree, as the operator runs it: (returncode, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "scirepo", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def deploy_local(site_path, *extra: str, health: bool = True) -> subprocess.CompletedProcess:
+    """`scirepo deploy` of this tree to the local host; `extra` goes to ansible-playbook."""
+    args = ["deploy", "--site", str(site_path), "--inventory", str(LOCAL / "inventory.json")]
+    args += [] if health else ["--no-health"]
+    return scirepo_cli(*args, *(["--", *extra] if extra else []))
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +107,8 @@ class Users:
             on_host(self.cfg, "docker", "rm", "-f", f"jupyter-{name}")
             on_host(self.cfg, "userdel", "-r", name)
             on_host(self.cfg, "groupdel", name)
-            on_host(self.cfg, "rm", "-rf", f"{self.cfg['paths']['workspaces']}/{name}")
+            for area in ("workspaces", "public", "scratch"):
+                on_host(self.cfg, "rm", "-rf", f"{self.cfg['paths'][area]}/{name}")
 
 
 def _parse_password(text: str) -> str:
@@ -152,3 +169,35 @@ def ansible_recap(output: str) -> dict:
             host, rest = line.split(":", 1)
             recap[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
     return recap
+
+
+# --------------------------------------------------------------------------- browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "build" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: scripts/bootstrap installs it")
+    from playwright.sync_api import sync_playwright
+
+    # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
+    spki = tls.spki_hash(REPO / ".scirepo" / "tls" / "server.crt")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--ignore-certificate-errors-spki-list={spki}",
+            ],
+        )
+        yield b
+        b.close()

@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, ssh_client, ssh_run
+from .conftest import SHOTS, ssh_client, ssh_run
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "build" / "screenshots"
-
-
-def _spki_hash(cert: Path) -> str:
-    """base64 SHA-256 of the certificate's public key, for Chromium's per-key trust flag."""
-    pem = subprocess.run(
-        ["openssl", "x509", "-pubkey", "-noout", "-in", str(cert)], check=True, capture_output=True
-    ).stdout
-    der = subprocess.run(
-        ["openssl", "pkey", "-pubin", "-outform", "der"], input=pem, check=True, capture_output=True
-    ).stdout
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: scripts/bootstrap installs it")
-    from playwright.sync_api import sync_playwright
-
-    # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
-    spki = _spki_hash(REPO / ".scirepo" / "tls" / "server.crt")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={spki}",
-            ],
-        )
-        yield b
-        b.close()
 
 
 def open_lab(page, hub_url: str, name: str, password: str, stack: str | None = None) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import secrets
 import ssl
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,7 +12,7 @@ import requests
 
 from scirepo import deploy
 
-from .conftest import REPO, ansible_recap, changed_tasks, on_host, ssh_client, ssh_run
+from .conftest import ansible_recap, changed_tasks, deploy_local, on_host, ssh_client, ssh_run
 
 pytestmark = pytest.mark.host
 
@@ -209,21 +207,7 @@ def test_hub_restart_leaves_servers_running_and_reachable(alice, cfg):
 
 
 def test_second_deploy_changes_nothing(local_host, site_path, cfg):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scirepo",
-            "deploy",
-            "--site",
-            str(site_path),
-            "--inventory",
-            str(REPO / ".scirepo" / "local" / "inventory.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    res = deploy_local(site_path)
     assert res.returncode == 0, res.stdout[-3000:]
     recap = ansible_recap(res.stdout)
     assert recap[cfg["local"]["container"]]["changed"] == 0, changed_tasks(res.stdout)

@@ -88,13 +88,33 @@ def test_resolve_adds_paths():
         "software": "/data/sr/software",
         "workspaces": "/data/sr/workspaces",
         "upload": "/data/sr/upload",
+        "public": "/data/sr/public",
+        "groups": "/data/sr/groups",
+        "scratch": "/data/sr/scratch",
         "etc": "/etc/scirepo",
         "secrets": "/etc/scirepo/secrets",
         "state": "/var/lib/scirepo",
+        "quota_notices": "/var/lib/scirepo/quota",
         "run": "/run/scirepo",
         "authd_socket": "/run/scirepo/authd.sock",
         "venv": "/opt/scirepo/venv",
     }
+    layout = {a["path"]: (a["owner"], a["group"], a["mode"]) for a in resolved["layout"]}
+    assert layout == {
+        "/data/sr": ("root", "root", "0755"),
+        "/data/sr/data": ("root", "root", "0755"),
+        "/data/sr/data/a": ("root", "scirepo-data", "2775"),
+        "/data/sr/data/b": ("root", "scirepo-data", "2775"),
+        "/data/sr/software": ("root", "scirepo-data", "2775"),
+        "/data/sr/workspaces": ("root", "root", "0711"),
+        "/data/sr/upload": ("root", "scirepo-users", "1770"),
+        "/data/sr/public": ("root", "scirepo-users", "0750"),
+        "/data/sr/groups": ("root", "scirepo-users", "0750"),
+        "/data/sr/scratch": ("root", "scirepo-users", "0750"),
+    }
+    # Parents come before what they hold: the role creates them in this order.
+    paths = [a["path"] for a in resolved["layout"]]
+    assert all(paths.index(os.path.dirname(p)) < i for i, p in enumerate(paths) if i)
 
 
 def test_resolve_command_and_resolved_form_loads_back(tmp_path, run_cli):
@@ -170,8 +190,28 @@ INVALID = {
     ),
     "missing required key": ("site: {hostname: h}\n", "site: missing required key 'name'"),
     "uid_min equals uid_max": (
-        "site: {name: x}\nusers: {uid_min: 30000, uid_max: 30000}\n",
-        "users.uid_max: must be greater than users.uid_min (30000)",
+        "site: {name: x}\nusers: {uid_min: 40000, uid_max: 40000}\n",
+        "users.uid_max: must be greater than users.uid_min (40000)",
+    ),
+    "group gids overlap user ids": (
+        "site: {name: x}\nstorage: {groups: {gid_min: 29000, gid_max: 31000}}\n",
+        "storage.groups: gids 29000-31000 overlap users.uid_min..users.uid_max (20000-29999)",
+    ),
+    "gid_min above gid_max": (
+        "site: {name: x}\nstorage: {groups: {gid_min: 40000}}\n",
+        "storage.groups.gid_max: must be greater than storage.groups.gid_min (40000), got 39999",
+    ),
+    "bad quota size": (
+        "site: {name: x}\nstorage: {quota: {soft: 10GB}}\n",
+        "storage.quota.soft: '10GB' is not a valid size",
+    ),
+    "bad quota user": (
+        "site: {name: x}\nstorage: {quota: {users: {Bob: 1G}}}\n",
+        "storage.quota.users: key 'Bob' is not a valid Unix name",
+    ),
+    "bad scratch age": (
+        "site: {name: x}\nstorage: {scratch: {max_age_days: 0}}\n",
+        "storage.scratch.max_age_days: 0 is less than the minimum 1",
     ),
     "uid_min above uid_max": (
         "site: {name: x}\nusers: {uid_min: 30000}\n",

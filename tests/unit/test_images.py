@@ -285,3 +285,89 @@ def test_shared_pin_conflicts_and_headline():
     assert images.shared_pin_conflicts(parent, "b==2.1\n") == {"b": ("2.0", "2.1")}
     assert images.headline("# comment\n\nObsPy>=1.5,<1.6\nnumpy\n") == "obspy"
     assert images.headline("# nothing\n") is None
+
+
+# ---------------------------------------------------------------- images push / ref (CI)
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _images_doc(tmp_path: Path) -> Path:
+    doc = images.images_document(
+        {
+            "ref": f"reg:5000/scirepo/hub@{DIGEST}",
+            "tag": "reg:5000/scirepo/hub:20260101-abc1234",
+            "push_ref": f"stage.example/p/ci/scirepo/hub@{DIGEST}",
+        },
+        {
+            "base": {
+                "ref": f"reg:5000/scirepo/base@{DIGEST}",
+                "tag": "reg:5000/scirepo/base:20260101-abc1234-jupyterlab-4.6.6",
+                "push_ref": f"stage.example/p/ci/scirepo/base@{DIGEST}",
+                "manifest": {"name": "base"},
+            }
+        },
+    )
+    path = tmp_path / "images.json"
+    images.write_images_json(doc, path)
+    return path
+
+
+def test_entry_names_what_images_json_has(tmp_path):
+    doc = images.load_images_json(_images_doc(tmp_path))
+    assert images.entry(doc, "hub")["tag"].endswith("hub:20260101-abc1234")
+    assert images.entry(doc, "base")["manifest"] == {"name": "base"}
+    with pytest.raises(images.ImageError, match="no image 'astronomy'.*base, hub"):
+        images.entry(doc, "astronomy")
+
+
+def _fake_docker(monkeypatch, pushed_digest: str) -> list[tuple]:
+    calls: list[tuple] = []
+
+    def docker(*args, capture=False, **kw):
+        calls.append(args)
+        if args[0] == "push":
+            return f"{args[1].split(':')[-1]}: digest: {pushed_digest} size: 1234\n"
+        return ""
+
+    monkeypatch.setattr(images, "docker", docker)
+    monkeypatch.setattr(images, "image_exists", lambda ref: False)
+    return calls
+
+
+def test_push_copies_the_tested_digest_under_its_tag(tmp_path, monkeypatch):
+    path = _images_doc(tmp_path)
+    calls = _fake_docker(monkeypatch, DIGEST)
+    cfg = {"images": {"namespace": "scirepo"}}
+    doc = images.push_images(cfg, path, ["base"], "gitlab.example:5050/group/project")
+    dest = "gitlab.example:5050/group/project/scirepo/base"
+    assert calls == [
+        ("pull", "-q", f"stage.example/p/ci/scirepo/base@{DIGEST}"),
+        (
+            "tag",
+            f"stage.example/p/ci/scirepo/base@{DIGEST}",
+            f"{dest}:20260101-abc1234-jupyterlab-4.6.6",
+        ),
+        ("push", f"{dest}:20260101-abc1234-jupyterlab-4.6.6"),
+    ]
+    assert doc["stacks"]["base"]["push_ref"] == f"{dest}@{DIGEST}"
+    # The file is rewritten; what the host pulls (ref) and the other entries stay.
+    again = images.load_images_json(path)
+    assert again["stacks"]["base"]["push_ref"] == f"{dest}@{DIGEST}"
+    assert again["stacks"]["base"]["ref"] == f"reg:5000/scirepo/base@{DIGEST}"
+    assert again["hub"]["push_ref"] == f"stage.example/p/ci/scirepo/hub@{DIGEST}"
+
+
+def test_push_refuses_an_image_that_changed_on_the_way(tmp_path, monkeypatch):
+    path = _images_doc(tmp_path)
+    _fake_docker(monkeypatch, "sha256:" + "cd" * 32)
+    with pytest.raises(images.ImageError, match="not as the tested"):
+        images.push_images({"images": {"namespace": "scirepo"}}, path, ["hub"], "reg.example")
+    # Nothing recorded for an image that was not pushed as tested.
+    assert "stage.example" in images.load_images_json(path)["hub"]["push_ref"]
+
+
+def test_push_needs_a_digest_reference():
+    built = {"push_ref": "stage.example/scirepo/base:latest", "tag": "x/base:t"}
+    with pytest.raises(images.ImageError, match="not a digest reference"):
+        images.release_image(built, "base", "reg.example", "scirepo")

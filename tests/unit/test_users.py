@@ -407,3 +407,17 @@ def test_cli_user_add(accounts, tmp_path, run_cli):
         "--config", site, "user", "add", name, "--name", "x", "--email", "x@e.org", "--admin"
     )
     assert code == 2 and "users.admins" in err
+
+
+@needs_root
+def test_concurrent_ensure_user_calls_get_distinct_uids(accounts):
+    """Four accounts made at once (threads, as four `scirepo user add` would) all succeed
+    with distinct uids: allocation and useradd run under one lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg, new_name, _ = accounts
+    names = [new_name() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda n: users.ensure_user(cfg, n, "Par Allel", "p@x.org"), names))
+    assert all(created for created, _ in made)
+    assert len({pwd.getpwnam(n).pw_uid for n in names}) == 4

@@ -1,0 +1,224 @@
+"""Benchmark of `scirepo storage transfer` next to `cp -a` and `rsync -a` on the same data.
+
+Not a test: it prints a table and writes build/bench/transfer.json. Two data sets, made
+once in a scratch directory (default build/bench/transfer-scratch, on the file system of
+the checkout; source and destination are always on the same file system):
+
+- many small files: `--files` files of 4-64 KiB (random bytes) in directories of 100;
+- one large file: `--large-mib` MiB of random bytes.
+
+Each round, in turn, copies every data set with `cp -a` and `rsync -a`, and moves a fresh
+copy of it with the real CLI (`python -m scirepo storage transfer`, a subprocess: its start
+is included), each into an empty destination, after a `sync` so that earlier writes do
+not land in the timed run. The transfer also hashes (SHA-256), syncs and reads back every
+file; cp and rsync do neither, so the table also shows `rsync -a` followed by `sync` (the
+time until rsync's copy is on disk) and `rsync -a --remove-source-files` (a move, like
+the transfer: removing a large file costs much on some disks). Medians of `--rounds`
+rounds, with the CPU time (user + system) of each command; the transfer's result is
+checked file by file against the source after each round (not timed).
+
+    .venv/bin/python bench/transfer.py [--files 5000] [--large-mib 1024] [--rounds 3]
+
+Target: the transfer within 1.5x the time of `rsync -a`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "build" / "bench" / "transfer.json"
+
+
+def make_small(root: Path, count: int, seed: int = 1) -> None:
+    rnd = random.Random(seed)  # noqa: S311 - sizes and offsets, not secrets
+    blob = os.urandom((64 << 10) + (4 << 20))  # slices of one random blob: quick to make
+    for i in range(count):
+        d = root / f"d{i // 100:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rnd.randint(4 << 10, 64 << 10)
+        start = rnd.randint(0, len(blob) - size)
+        (d / f"f{i:06d}.dat").write_bytes(blob[start : start + size])
+
+
+def make_large(root: Path, mib: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "large.dat", "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+
+
+def tree(root: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file under root."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+            out[str(path.relative_to(root))] = h.hexdigest()
+    return out
+
+
+def timed(argv: list[str], **kw) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - t0
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of the waited-for children so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def fresh(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=5000)
+    ap.add_argument("--large-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scratch", type=Path, default=REPO / "build" / "bench" / "transfer-scratch")
+    args = ap.parse_args()
+    for tool in ("cp", "rsync"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (Debian: apt-get install -y {tool})")
+
+    scratch = args.scratch.resolve()
+    fresh(scratch)
+    data = scratch / "data"
+    sets = {"small": data / "small", "large": data / "large"}
+    print(f"making data in {scratch} ...", file=sys.stderr)
+    make_small(sets["small"], args.files)
+    make_large(sets["large"], args.large_mib)
+    expected = {name: tree(path) for name, path in sets.items()}
+    sizes = {name: sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+             for name, path in sets.items()}  # fmt: skip
+
+    root = scratch / "srv"
+    db = scratch / "state" / "catalog.db"
+    clis = {}
+    for mode in ("sha256", "compare"):
+        site = scratch / f"site-{mode}.yml"
+        site.write_text(
+            f"site: {{name: bench}}\nstorage:\n  root: {root}\n  sites: [{{name: bench}}]\n"
+            f"  transfer: {{verify: {mode}}}\n"
+        )
+        clis[f"transfer ({mode})"] = [
+            sys.executable, "-m", "scirepo", "--config", str(site), "-q", "storage",
+            "transfer", "--db", str(db), "--json",
+        ]  # fmt: skip
+    tools = ["cp -a", "rsync -a", "rsync -a; sync", "rsync --remove-source-files", *clis]
+    dest = scratch / "dest"
+    upload = root / "upload" / "bench"
+    sitedata = root / "data" / "bench"
+
+    times: dict[str, dict[str, list[float]]] = {n: {} for n in sets}
+    inner: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    phases: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for rnd in range(args.rounds):
+        for name, src in sets.items():
+            runs = times[name]
+            for tool in tools:
+                fresh(dest)
+                fresh(sitedata)
+                fresh(upload)
+                if db.exists():
+                    db.unlink()
+                if tool in clis or tool == "rsync --remove-source-files":
+                    upload.mkdir(parents=True)
+                    subprocess.run(["cp", "-a", f"{src}/.", str(upload / name)], check=True)
+                    (upload / name / ".complete").touch()
+                os.sync()
+                cpu0 = cpu_seconds()
+                if tool == "cp -a":
+                    sec = timed(["cp", "-a", str(src), str(dest)])
+                elif tool == "rsync -a":
+                    sec = timed(["rsync", "-a", f"{src}/", f"{dest}/"])
+                elif tool == "rsync -a; sync":
+                    sec = timed(["sh", "-c", f"rsync -a '{src}/' '{dest}/' && sync"])
+                elif tool == "rsync --remove-source-files":
+                    sec = timed(["rsync", "-a", "--remove-source-files", f"{upload / name}/",
+                                 f"{dest}/"])  # fmt: skip
+                else:
+                    t0 = time.perf_counter()
+                    res = subprocess.run(clis[tool], cwd=REPO, capture_output=True, text=True)
+                    sec = time.perf_counter() - t0
+                    report = json.loads(res.stdout) if res.returncode == 0 else None
+                    if not report or report["counts"]["moved"] != len(expected[name]):
+                        sys.exit(f"transfer failed ({res.returncode}): {res.stdout[-2000:]}"
+                                 f"{res.stderr[-2000:]}")  # fmt: skip
+                    inner.setdefault((name, tool), []).append(report["seconds"])
+                    for phase, sec_ in report["timings"].items():
+                        phases.setdefault((name, tool), {}).setdefault(phase, []).append(sec_)
+                    got = tree(sitedata / name)
+                    if got != expected[name]:
+                        sys.exit(f"transfer of {name}: destination differs from the source")
+                    if any(upload.joinpath(name).rglob("*.dat")):
+                        sys.exit(f"transfer of {name}: files left in the sandbox")
+                runs.setdefault(tool, []).append(sec)
+                cpu.setdefault((name, tool), []).append(cpu_seconds() - cpu0)
+                print(f"round {rnd + 1} {name:<5} {tool:<27} {sec:7.3f} s", file=sys.stderr)
+
+    results = []
+    header = (f"{'data':<28} {'tool':<27} {'seconds':>8} {'MB/s':>8} {'files/s':>9} "
+              f"{'x rsync':>8} {'CPU s':>6}")  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for name in sets:
+        count = len(expected[name])
+        label = (f"{count} small files, {sizes[name] / 1e6:.0f} MB" if name == "small"
+                 else f"1 file, {sizes[name] / 2**30:.2f} GiB")  # fmt: skip
+        base = statistics.median(times[name]["rsync -a"])
+        for tool, secs in times[name].items():
+            sec = statistics.median(secs)
+            row = {
+                "data": name, "files": count, "bytes": sizes[name], "tool": tool,
+                "seconds": round(sec, 3), "all_seconds": [round(s, 3) for s in secs],
+                "mb_per_s": round(sizes[name] / 1e6 / sec, 1),
+                "files_per_s": round(count / sec, 1), "ratio_to_rsync": round(sec / base, 2),
+                "cpu_seconds": round(statistics.median(cpu[name, tool]), 3),
+            }  # fmt: skip
+            if tool in clis:
+                row["seconds_inside_cli"] = round(statistics.median(inner[name, tool]), 3)
+                row["phases"] = {k: round(statistics.median(v), 3)
+                                 for k, v in phases[name, tool].items()}  # fmt: skip
+            results.append(row)
+            lines.append(f"{label:<28} {tool:<27} {sec:8.3f} {row['mb_per_s']:8.1f} "
+                         f"{row['files_per_s']:9.1f} {row['ratio_to_rsync']:8.2f} "
+                         f"{row['cpu_seconds']:6.2f}")  # fmt: skip
+    print("\n".join(lines))
+    for (name, tool), secs in inner.items():
+        split = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases[name, tool].items())
+        print(f"{tool} of {name}: {statistics.median(secs):.3f} s inside the CLI "
+              f"(without interpreter start and config loading): {split}")  # fmt: skip
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    OUT.write_text(json.dumps({"rounds": args.rounds, "loadavg_after": load, "results": results},
+                              indent=1) + "\n")  # fmt: skip
+    print(f"load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"({os.cpu_count()} CPUs): other work on the machine skews the times")  # fmt: skip
+    print(f"wrote {OUT}", file=sys.stderr)
+    fresh(scratch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The platform benchmark's own logic (bench/): percentiles, capacity, options, the table.
+
+The measurements themselves need running hubs; these check what turns numbers into the
+figures that are reported, and that bad options are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+import run  # noqa: E402
+
+
+def test_percentiles_interpolate_between_ranks():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert harness.percentile(values, 50) == 3.0
+    assert harness.percentile(values, 0) == 1.0
+    assert harness.percentile(values, 100) == 5.0
+    assert harness.percentile(values, 95) == pytest.approx(4.8)
+    assert harness.percentile([7.0], 95) == 7.0
+
+
+def test_summary_of_nothing_is_only_a_count():
+    assert harness.summary([]) == {"n": 0}
+    s = harness.summary([1.0, 2.0, 3.0])
+    assert (s["n"], s["p50"], s["max"], s["mean"]) == (3, 2.0, 3.0, 2.0)
+    with pytest.raises(ValueError):
+        harness.percentile([], 50)
+
+
+def test_capacity_is_what_hub_and_proxy_leave_divided_by_a_server():
+    memory = {"hub_proxy_mib": 200.0, "server_mib": 100.0}
+    assert harness.capacity_computed(memory, 1000) == 8
+    assert harness.capacity_computed(memory, 150) == 0
+    with pytest.raises(RuntimeError, match="not credible"):
+        harness.capacity_computed({"hub_proxy_mib": 1.0, "server_mib": 0.0}, 1000)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--figures", "spawn,nonsense"], "unknown figure(s) nonsense"),
+        (["--n", "5,x"], "not a comma-separated list"),
+        (["--n", "0"], "at least 1"),
+        (["--users", "0"], "--users must be at least 1"),
+        (["--budget-mib", "0"], "--budget-mib must be positive"),
+        (["--only", "both"], "invalid choice"),
+    ],
+)
+def test_bad_options_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_table_puts_deployments_side_by_side_with_ratio_and_verdict():
+    args = run.parse_args(["--n", "10"])
+    results = {
+        "scirepo": {
+            "spawn": {"spawn_one": {"p50": 1.2, "p95": 1.4, "max": 1.5}},
+            "many": {10: {"all_ready": 12.0, "memory": {"server_mib": 70.0}}},
+            "load": {"errors": 0},
+        },
+        "stock": {
+            "spawn": {"spawn_one": {"p50": 3.6, "p95": 4.0, "max": 5.0}},
+            "many": {10: {"all_ready": 24.0, "memory": {"server_mib": 108.0}}},
+            "load": {"errors": 3},
+        },
+    }
+    rows = {r["key"]: r for r in run.rows_of(results, args)}
+    assert rows["spawn_one_p50"]["ratio"] == pytest.approx(1 / 3)
+    assert rows["spawn_one_p50"]["pass"] is True
+    assert rows["many_10_all_ready"]["pass"] is False
+    assert rows["idle_server_mib"]["pass"] is True
+    assert rows["load_errors"]["pass"] is True
+    assert rows["load_errors"]["ratio"] == 0.0
+    assert "login_lab_cold_p50" not in rows  # not measured: no row
