@@ -1,4 +1,4 @@
-"""Upgrade from the previous release: the last `v*` git tag before this tree is deployed
+"""Upgrade from the previous release: the newest release in RELEASES before this tree is deployed
 onto a fresh local host, a user starts a server and works in it, then this tree (with this
 tree's site config) is deployed over it, as an operator upgrades with `git pull; make up`.
 
@@ -11,6 +11,7 @@ The module removes the local host first and ends with this tree deployed and che
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -29,26 +30,43 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def previous_release() -> str:
-    """The newest `v*` tag that is an ancestor of HEAD and not HEAD itself."""
-    res = subprocess.run(
-        ["git", "describe", "--tags", "--abbrev=0", "--match", "v*", "HEAD^"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        pytest.fail(f"no release tag v* before HEAD (clone with tags): {res.stderr.strip()}")
-    return res.stdout.strip()
+def releases() -> list[tuple[str, str]]:
+    """(version, commit) from the tracked file RELEASES, oldest first."""
+    rows = []
+    for n, line in enumerate((REPO / "RELEASES").read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not re.fullmatch(r"v\d+\.\d+\.\d+", fields[0]):
+            pytest.fail(f"RELEASES line {n}: expected 'vX.Y.Z COMMIT', got {line!r}")
+        rows.append((fields[0], fields[1]))
+    return rows
+
+
+def previous_release() -> tuple[str, str]:
+    """The newest release in RELEASES whose commit is an ancestor of HEAD and not HEAD."""
+    head = git("rev-parse", "HEAD")
+    for version, commit in reversed(releases()):
+        known = subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, check=False
+        )
+        if known.returncode != 0:
+            pytest.fail(f"release {version}: commit {commit} is not in this clone's history")
+        ancestor = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=REPO, check=False
+        )
+        if ancestor.returncode == 0 and commit != head:
+            return version, commit
+    pytest.fail("RELEASES names no release before HEAD")
 
 
 @pytest.fixture(scope="module")
 def old_tree(tmp_path_factory, cfg):
     """A checkout of the previous release that shares this checkout's local state (CA,
     registry, credentials) and virtualenv, as `git checkout` in one clone would."""
-    tag = previous_release()
+    tag, commit = previous_release()
     tree = tmp_path_factory.mktemp("release") / tag
-    git("worktree", "add", "--detach", str(tree), tag)
+    git("worktree", "add", "--detach", str(tree), commit)
     try:
         (tree / ".scirepo").symlink_to(REPO / ".scirepo")
         (tree / ".venv").symlink_to(REPO / ".venv")
