@@ -63,6 +63,16 @@ APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 # Lock compilation targets the images' interpreter: Debian 12's python3 on Linux.
 LOCK_PYTHON = "3.11"
 LOCK_PLATFORM = "x86_64-unknown-linux-gnu"
+# Packages no lock installs, although a dependency asks for them, and why: every start of a
+# single-user server (and of the hub) pays for what it imports.
+LOCK_OMIT = {
+    # jsonschema's optional checker of the "iri" formats (jupyter-events asks for it through
+    # jsonschema[format-nongpl]) builds some 35 Lark parsers when imported: about 1 s of
+    # CPU and several MiB in every server, for a format that no Jupyter schema uses.
+    # jsonschema imports it only if it is there.
+    "rfc3987-syntax": "slow import (Lark parsers built at import) for an unused format",
+    "lark": "only rfc3987-syntax needs it",
+}
 
 
 class ImageError(ScirepoError):
@@ -742,6 +752,7 @@ def lock(name: str, upgrade: bool = False) -> None:
         ":all:",
         "--custom-compile-command",
         "make locks",
+        *[arg for pkg in LOCK_OMIT for arg in ("--no-emit-package", pkg)],
         *constraints,
         str(src.relative_to(REPO)),
         "-o",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import html
 
+import aiohttp
 from dockerspawner import DockerSpawner
 from sqlalchemy.orm import object_session
 from tornado import web
@@ -39,6 +40,13 @@ class ScirepoSpawner(DockerSpawner):
         "from the site config and the images' manifests; the keys of allowed_images.",
     )
     default_stack = Unicode(config=True, help="Name of the image preselected in the form.")
+    ready_interval = Float(
+        0.05,
+        config=True,
+        help="Seconds between two checks whether a starting server answers. The hub's own "
+        "wait after start() backs off exponentially with jitter (up to 5 s between checks); "
+        "start() returns only once the server answers, so the hub's first check succeeds.",
+    )
 
     def _chosen_stack(self) -> str:
         """Name of the stack this start runs: the user's choice, else the image the
@@ -155,4 +163,40 @@ class ScirepoSpawner(DockerSpawner):
         # `remove` still deletes the container when the server stops (through the API),
         # and a container left by a crash is removed at the next start.
         self.extra_host_config = {**self.extra_host_config, "auto_remove": False}
-        return await super().start()
+        ip, port = await super().start()
+        await self._wait_ready(ip, port)
+        return ip, port
+
+    async def _wait_ready(self, ip: str, port: int) -> None:
+        """Return once the server answers its API (any status below 500), checking every
+        `ready_interval` seconds; fail naming the cause if its container stops first or it
+        does not answer within `http_timeout`."""
+        url = f"http://{ip}:{port}{self.server.base_url}api"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.http_timeout
+        next_poll = loop.time() + 1.0
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    async with session.get(url, allow_redirects=False) as resp:
+                        if resp.status < 500:
+                            return
+                except (TimeoutError, aiohttp.ClientError):
+                    pass  # not listening yet
+                now = loop.time()
+                if now >= next_poll:
+                    next_poll = now + 1.0
+                    status = await self.poll()
+                    if status is not None:
+                        raise RuntimeError(
+                            f"the server's container {self.container_name} stopped "
+                            f"({status}) before its server answered; its log: "
+                            f"docker logs {self.container_name}"
+                        )
+                if now >= deadline:
+                    raise RuntimeError(
+                        f"the server in {self.container_name} did not answer at {url} "
+                        f"within {self.http_timeout:g} s"
+                    )
+                await asyncio.sleep(self.ready_interval)

@@ -176,3 +176,25 @@ def test_jupyterlab_serves_its_api_as_the_user(image, home):
         raise
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def test_server_starts_without_the_slow_optional_imports(image):
+    """The locks leave out what costs every server start time and memory for nothing
+    (images.LOCK_OMIT), and the server extensions that serve nothing here are off."""
+    code = (
+        "import importlib.util, json, sys\n"
+        "import jupyter_server.serverapp, jupyterlab\n"
+        "from jupyter_core.paths import jupyter_config_path\n"
+        "from jupyter_server.extension.config import ExtensionConfigManager\n"
+        f"omitted = {sorted(images.LOCK_OMIT)!r}\n"
+        "config = ExtensionConfigManager(read_config_path=jupyter_config_path())\n"
+        "print(json.dumps({'installed': [p for p in omitted\n"
+        "                                if importlib.util.find_spec(p.replace('-', '_'))],\n"
+        "                  'loaded': sorted(m for m in sys.modules if m.startswith('rfc3987')),\n"
+        "                  'extensions': config.get_jpserver_extensions()}))\n"
+    )
+    res = docker("run", "--rm", *USER_ENV, image.ref, "python3", "-c", code)
+    found = json.loads(res.stdout.strip().splitlines()[-1])
+    assert found["installed"] == [] and found["loaded"] == [], found
+    assert found["extensions"].get("jupyter_lsp") is False, found
+    assert found["extensions"].get("notebook_shim") is False, found

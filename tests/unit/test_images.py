@@ -371,3 +371,12 @@ def test_push_needs_a_digest_reference():
     built = {"push_ref": "stage.example/scirepo/base:latest", "tag": "x/base:t"}
     with pytest.raises(images.ImageError, match="not a digest reference"):
         images.release_image(built, "base", "reg.example", "scirepo")
+
+
+def test_no_lock_installs_an_omitted_package():
+    """`images.LOCK_OMIT` names packages left out of every lock (uv --no-emit-package)."""
+    assert images.LOCK_OMIT and all(images.LOCK_OMIT.values())
+    for target in images.lock_targets():
+        lock = images._paths(target)[2] / "requirements.txt"
+        pins = images.read_lock(lock.read_text())
+        assert not set(images.LOCK_OMIT) & set(pins), f"{lock} pins an omitted package"
