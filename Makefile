@@ -55,8 +55,7 @@ lint: $(STAMP) ## ruff, yamllint, shellcheck, hadolint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/yamllint -s .
 	$(VENV)/bin/shellcheck scripts/bootstrap .ci/run images/base/scirepo-start
-	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile \
-	  bench/stock/Dockerfile
+	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile
 
 bench: $(STAMP) $(SITE) ## Benchmark the local host against stock JupyterHub (BENCH_ARGS="--n 5,10 ...")
 	$(PY) bench/run.py --site $(SITE) $(BENCH_ARGS)

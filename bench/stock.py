@@ -3,8 +3,9 @@
 Runs on this machine's Docker engine (not inside the repository host), as containers on a
 user-defined network, all named scirepo-stock-*:
 
-- scirepo-stock-hub: the image of bench/stock/Dockerfile (the same Python and Node
-  packages as scirepo's hub, from its lock files) with bench/stock/jupyterhub_config.py,
+- scirepo-stock-hub: the `jupyterhub` stage of hub/Dockerfile (scirepo's hub image without
+  the scirepo package and config: the same Python and Node packages, from the same lock
+  files) with bench/stock/jupyterhub_config.py,
   which lists and explains every departure from the defaults; the hub starts
   configurable-http-proxy itself, whose public port is published on the loopback;
 - scirepo-stock-jupyter-USER: the servers DockerSpawner starts, from scirepo's `base`
@@ -20,6 +21,7 @@ The benchmark (bench/run.py) calls `up` and `down` itself.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import secrets
@@ -57,15 +59,19 @@ class Stock:
 
 def hub_image_tag() -> str:
     """The stock image's tag names the JupyterHub and DockerSpawner of hub/requirements.txt
-    (the lock it installs), so a new lock gets a new image."""
+    (the lock it installs) and ends with a hash of what the image is built from, so a new
+    lock or Dockerfile gets a new image."""
     lock = (REPO / "hub" / "requirements.txt").read_text()
+    digest = hashlib.sha256()
+    for part in ("requirements.txt", "Dockerfile", "proxy/package-lock.json"):
+        digest.update((REPO / "hub" / part).read_bytes())
     versions = []
     for pkg in ("jupyterhub", "dockerspawner"):
         found = re.search(rf"^{pkg}==([^\s\\]+)", lock, re.M)
         if not found:
             raise SystemExit(f"hub/requirements.txt pins no {pkg}")
         versions.append(f"{pkg}-{found.group(1)}")
-    return f"{PREFIX}/hub:{'-'.join(versions)}"
+    return f"{PREFIX}/hub:{'-'.join(versions)}-{digest.hexdigest()[:12]}"
 
 
 def base_image(images_json: Path) -> str:
@@ -87,7 +93,8 @@ def build(base: str = DEFAULT_BASE, no_cache: bool = False, ca_bundle: str = CA_
     tag = hub_image_tag()
     if not no_cache and _run(DOCKER, "image", "inspect", tag).returncode == 0:
         return tag
-    cmd = ["build", "-f", str(HERE / "Dockerfile"), "--build-arg", f"BASE_IMAGE={base}"]
+    cmd = ["build", "-f", str(REPO / "hub" / "Dockerfile"), "--target", "jupyterhub"]
+    cmd += ["--build-arg", f"BASE_IMAGE={base}"]
     if Path(ca_bundle).exists():
         cmd += ["--secret", f"id=ca,src={ca_bundle}"]
     cmd += ["--no-cache"] if no_cache else []
