@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from dockerspawner import DockerSpawner
 from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Dict, Float, Unicode, default
+from traitlets import Dict, Float, Integer, Unicode, default
 
 from scirepo.authd import query
 from scirepo.storage import notebook_fs
@@ -40,6 +41,26 @@ class ScirepoSpawner(DockerSpawner):
         "from the site config and the images' manifests; the keys of allowed_images.",
     )
     default_stack = Unicode(config=True, help="Name of the image preselected in the form.")
+    docker_threads = Integer(
+        8,
+        config=True,
+        help="Threads for the Docker API calls of all servers together. DockerSpawner has "
+        "one, so that every container's create, start and stop waits for all the others': "
+        "ten users starting at once would wait for ten container starts in a row.",
+    )
+    _docker_pool: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """One pool for the Docker calls of every ScirepoSpawner (DockerSpawner.docker
+        runs each call in `executor`; the Docker client is thread-safe)."""
+        cls = ScirepoSpawner
+        if cls._docker_pool is None:
+            cls._docker_pool = ThreadPoolExecutor(
+                self.docker_threads, thread_name_prefix="docker-api"
+            )
+        return cls._docker_pool
+
     ready_interval = Float(
         0.05,
         config=True,
@@ -189,14 +210,21 @@ class ScirepoSpawner(DockerSpawner):
                     next_poll = now + 1.0
                     status = await self.poll()
                     if status is not None:
-                        raise RuntimeError(
+                        raise _start_failed(
                             f"the server's container {self.container_name} stopped "
                             f"({status}) before its server answered; its log: "
                             f"docker logs {self.container_name}"
                         )
                 if now >= deadline:
-                    raise RuntimeError(
+                    raise _start_failed(
                         f"the server in {self.container_name} did not answer at {url} "
                         f"within {self.http_timeout:g} s"
                     )
                 await asyncio.sleep(self.ready_interval)
+
+
+def _start_failed(message: str) -> web.HTTPError:
+    """A failed start whose message the hub shows the user (API and spawn page)."""
+    err = web.HTTPError(500, "%s", message)
+    err.jupyterhub_message = message
+    return err

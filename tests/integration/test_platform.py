@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from scirepo import deploy
+from scirepo.hubclient import HubError
 
 from .conftest import ansible_recap, changed_tasks, deploy_local, on_host, ssh_client, ssh_run
 
@@ -238,3 +239,30 @@ def test_stopped_server_container_is_removed(users, cfg):
     hub.stop_server()
     gone = on_host(cfg, "docker", "inspect", f"jupyter-{name}")
     assert gone.returncode != 0 and "No such object" in gone.stderr
+
+
+def test_server_that_exits_at_start_fails_fast_naming_its_container(users, cfg):
+    """The spawner waits for a starting server itself (every 50 ms) and watches its
+    container: a server that exits before it answers fails its start at once, with the
+    container named, not after the hub's 60 s wait; the next start works again."""
+    name, password, hub = users.logged_in("x")
+    client = ssh_client(cfg, name, password)
+    config = ".jupyter/jupyter_server_config.py"
+    try:
+        code, _, err = ssh_run(
+            client, f"mkdir -p .jupyter && echo 'import os; os._exit(3)' > {config}"
+        )
+        assert code == 0, err
+        t0 = time.monotonic()
+        with pytest.raises(HubError) as failed:
+            hub.start_server(deadline=120, progress=True)
+        took = time.monotonic() - t0
+        message = str(failed.value)
+        assert f"jupyter-{name}" in message and "stopped" in message, message
+        assert took < 20, f"the failed start took {took:.1f} s"
+        assert ssh_run(client, f"rm {config}")[0] == 0
+        hub.start_server(deadline=120, progress=True)
+        assert hub.server("GET", "api/status").status_code == 200
+    finally:
+        client.close()
+        hub.stop_server()
