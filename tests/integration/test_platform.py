@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import ssl
 import time
@@ -44,6 +45,23 @@ def test_tls_endpoint_is_signed_by_the_local_ca(hub_url, cafile):
             context=ssl.create_default_context(),  # noqa: S310
             timeout=20,
         )
+
+
+def test_static_files_are_compressed_pages_are_not(hub_url, cafile):
+    """nginx compresses scripts, styles and icons (JupyterLab's 5 MB of scripts), never
+    pages or API answers (BREACH: secrets next to user-controlled text)."""
+    gz = {"Accept-Encoding": "gzip"}
+    page = requests.get(f"{hub_url}/hub/login", headers=gz, verify=cafile, timeout=30)
+    assert page.status_code == 200 and "Content-Encoding" not in page.headers
+    api = requests.get(f"{hub_url}/hub/api", headers=gz, verify=cafile, timeout=30)
+    assert api.status_code == 200 and "Content-Encoding" not in api.headers
+    script = re.search(r'src="(/hub/static/[^"?]+\.js)[^"]*"', page.text).group(1)
+    res = requests.get(f"{hub_url}{script}", headers=gz, verify=cafile, timeout=30)
+    assert res.status_code == 200 and res.headers.get("Content-Encoding") == "gzip"
+    assert len(res.content) > 1024  # requests decompressed it
+    plain = {"Accept-Encoding": "identity"}
+    raw = requests.get(f"{hub_url}{script}", headers=plain, verify=cafile, timeout=30)
+    assert raw.content == res.content and "Content-Encoding" not in raw.headers
 
 
 def test_hub_cookies_are_secure(hub_url, cafile):
