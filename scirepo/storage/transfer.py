@@ -12,7 +12,7 @@ file exactly once at the destination, intact:
    (`verify: compare`) or checked against the upload's own SHA-256 (`verify: sha256`):
    this is what "verified" means. A source that changes meanwhile (size, mtime, ctime), or
    that someone has open for writing (a read lease cannot be taken), waits for a later run.
-   Small files are copied by a few threads at once, each with its own buffers;
+   Small files are copied by two threads while the next temporary files are made;
 3. the destination file system is synced (syncfs);
 4. each copy is linked to its final name, which fails rather than replace an existing
    file, the temporary name removed and the file system synced again;
@@ -74,7 +74,7 @@ PARTIAL_PREFIX = ".scirepo-partial-"
 CHUNK = 8 << 20  # read size (buffers are reused: no allocation per file)
 LARGE = 64 << 20  # from this size, hashing runs in other threads
 SMALL = 1 << 20  # up to this size, files are copied by a pool of threads, in one chunk
-COPY_THREADS = 4  # the pool: small files spend most of their time waiting for the disk
+COPY_THREADS = 2  # the pool (the main thread creates the files meanwhile)
 KERNEL_COPY = True  # copy with copy_file_range where the file systems allow it
 BATCH_FILES = 1000  # files per batch: two syncfs and two catalog transactions each
 BATCH_BYTES = 1 << 30
@@ -757,23 +757,28 @@ class Transfer:
         return True
 
     def _copy_all(self, items: list[_Item]) -> list[_Item]:
-        """Copy each item to its temporary name (`_copy`); the items copied, in order.
+        """Copy each item to its temporary name; the items copied, in order.
 
-        Files up to SMALL go to the pool of COPY_THREADS threads (creating a file and the
-        first reads and writes of a small one mostly wait for the disk, and the threads
-        wait at the same time); larger ones are copied here meanwhile, one at a time.
-        Problems are reported in the order of `items` once every copy has ended."""
+        This thread creates the temporary files, one after the other, and hands each small
+        one (up to SMALL) to the pool of COPY_THREADS threads, which copy and verify it
+        (`_copy`) meanwhile; then it copies the larger ones itself. Creating a file can
+        take much longer than copying a small one (ext4 passes over the inodes freed in
+        the last minutes), and creations in parallel only slow each other down. Problems
+        are reported in the order of `items` once every copy has ended."""
         crash = [self._armed("partial") for _ in items]  # the Nth file in scan order
         pool = self._copier if len(items) > 1 else None
         results: list[tuple[str, str] | None | Future] = [None] * len(items)
+        large = []
         try:
-            if pool is not None:
-                for i in _spread(items):
-                    if items[i].st.st_size <= SMALL:
-                        results[i] = pool.submit(self._copy, items[i], crash[i])
             for i, it in enumerate(items):
-                if results[i] is None:
-                    results[i] = self._copy(it, crash[i])
+                if pool is None or it.st.st_size > SMALL:
+                    large.append(i)
+                elif not (problem := self._create(it)):
+                    results[i] = pool.submit(self._copy, it, crash[i])
+                else:
+                    results[i] = problem
+            for i in large:
+                results[i] = self._create(items[i]) or self._copy(items[i], crash[i])
         finally:  # even on an exception: no thread may still use a descriptor
             wait_all([f for f in results if isinstance(f, Future)])
         copied = []
@@ -785,19 +790,26 @@ class Transfer:
                 self.report.add(problem[0], it.shown, problem[1])
         return copied
 
-    def _copy(self, it: _Item, crash: bool = False) -> tuple[str, str] | None:
-        """Copy the upload to its temporary name: hash what is read, and read every chunk
-        back from the destination to verify it (`storage.transfer.verify`). None when
-        done, else (report kind, reason). Runs in any thread; `crash`: the test hook's
-        `partial` (write half of the first chunk and die)."""
+    def _create(self, it: _Item) -> tuple[str, str] | None:
+        """Create the temporary file (`it.tmp_fd`); None, else (report kind, reason)."""
         try:
-            tmp = os.open(
+            it.tmp_fd = os.open(
                 it.temp,
                 os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o600,
                 dir_fd=it.dst_dir,
             )
-            it.tmp_fd = tmp
+        except OSError as exc:
+            return "errors", f"copy failed: {exc.strerror or exc}"
+        return None
+
+    def _copy(self, it: _Item, crash: bool = False) -> tuple[str, str] | None:
+        """Copy the upload to its temporary file (`_create`): hash what is read, and read
+        every chunk back from the destination to verify it (`storage.transfer.verify`).
+        None when done, else (report kind, reason). Runs in any thread; `crash`: the test
+        hook's `partial` (write half of the first chunk and die)."""
+        tmp = it.tmp_fd
+        try:
             parallel = it.st.st_size >= LARGE
             it.sha256, size, problem = self._copy_verified(
                 it.fd, tmp, it.st.st_size, parallel, crash
@@ -1066,21 +1078,6 @@ def _changed(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_mtime_ns,
         after.st_ctime_ns,
     )
-
-
-def _spread(items: list[_Item]) -> list[int]:
-    """The indices of `items`, taking one of each destination directory in turn: copy
-    threads then mostly create files in different directories (creations in one
-    directory wait for each other, and one can be slow: ext4 passes over the inodes freed
-    in the last minutes)."""
-    per_dir: dict[int, list[int]] = {}
-    for i, it in enumerate(items):
-        per_dir.setdefault(it.dst_dir, []).append(i)
-    queues = list(per_dir.values())
-    order = []
-    for k in range(max(map(len, queues), default=0)):
-        order.extend(q[k] for q in queues if k < len(q))
-    return order
 
 
 def _hash_fd(fd: int, buf: bytearray) -> tuple[str, int]:

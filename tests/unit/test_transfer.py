@@ -498,11 +498,10 @@ def test_a_big_file_killed_mid_copy_leaves_a_partial_that_the_next_run_removes(s
     code, _, _ = site.run(env={transfer.CRASH_ENV: "partial:5"}, check_json=False)
     assert code == -signal.SIGKILL
     partials = list(site.data.rglob(transfer.PARTIAL_PREFIX + "*"))
-    # The big one half written; the five small files of the batch (copy threads, at the
-    # same time) copied or not yet, none linked.
-    assert 1 <= len(partials) <= 6
-    sizes = sorted(p.stat().st_size for p in partials)
-    assert max(sizes) == 4 * 2**20  # half of the first chunk
+    # The big one half written: large files are copied after the temporary files of all
+    # small ones are made (z.dat too); copy threads copy those meanwhile. None linked.
+    assert len(partials) == 6
+    assert max(p.stat().st_size for p in partials) == 4 * 2**20  # half of the first chunk
     assert not any((site.data / os.fsdecode(rel)).exists() for rel in expected)
     assert (site.upload / "alpha/run1/m-big.dat").exists()
     code, _, _ = site.run()
@@ -589,13 +588,6 @@ def many_small(site: Site, count: int, dirs: int = 4, uid: int = 0) -> dict[byte
     return expected
 
 
-def test_spread_takes_one_file_of_each_directory_in_turn():
-    items = [transfer._Item("alpha", (), f"f{i}", dst_dir=d) for i, d in
-             enumerate([5, 5, 5, 7, 9, 9])]  # fmt: skip
-    assert transfer._spread(items) == [0, 3, 4, 1, 5, 2]
-    assert transfer._spread([]) == []
-
-
 def test_many_small_files_move_once_in_several_batches_with_per_thread_buffers(site, monkeypatch):
     """Small files go to the copy threads, each with buffers of its own (never those of
     another thread: a shared buffer would mix up the bytes of two files), over batches."""
@@ -622,6 +614,13 @@ def test_many_small_files_move_once_in_several_batches_with_per_thread_buffers(s
         return real(self, src, dst, size, parallel, crash)
 
     monkeypatch.setattr(transfer.Transfer, "_copy_verified", spy)
+    real_create = transfer.Transfer._create
+
+    def create(self, it):  # one after the other, by the main thread
+        assert threading.current_thread() is threading.main_thread()
+        return real_create(self, it)
+
+    monkeypatch.setattr(transfer.Transfer, "_create", create)
     cfg = config.resolve(config.load(site.config))
     report = transfer.Transfer(cfg, str(site.db)).run()
     assert report.exit_code() == 0, report.as_dict()
@@ -639,7 +638,7 @@ def test_many_small_files_move_once_in_several_batches_with_per_thread_buffers(s
 def test_a_problem_in_a_copy_thread_is_reported_in_order_and_the_rest_moves(site, monkeypatch):
     expected = many_small(site, 40)
     real = transfer.Transfer._copy_verified
-    bad = {"f0005.dat", "f0002.dat"}  # copied in this order (by directory), not reported
+    bad = {"f0005.dat", "f0002.dat"}  # scanned in this order (by directory)
 
     def corrupt(self, src, dst, size, parallel, crash):
         sha256, n, problem = real(self, src, dst, size, parallel, crash)
