@@ -11,8 +11,7 @@ file exactly once at the destination, intact:
    each chunk is read back from the copy and hashed, and compared with the upload's bytes
    (`verify: compare`) or checked against the upload's own SHA-256 (`verify: sha256`):
    this is what "verified" means. A source that changes meanwhile (size, mtime, ctime), or
-   that someone has open for writing (a read lease cannot be taken), waits for a later run.
-   Small files are copied by two threads while the next temporary files are made;
+   that someone has open for writing (a read lease cannot be taken), waits for a later run;
 3. the destination file system is synced (syncfs);
 4. each copy is linked to its final name, which fails rather than replace an existing
    file, the temporary name removed and the file system synced again;
@@ -29,8 +28,7 @@ codes: 0 done (uploads still incomplete are normal), 1 something needs the opera
 
 SCIREPO_TRANSFER_CRASH_AFTER=STEP[:N] kills the process with SIGKILL at a step (tests):
 `partial` (half of the Nth file written), `copied`, `linked`, `placed`, `removed` (after
-the Nth file's step), `synced`, `recorded` (after the Nth batch's step). The Nth file is
-in scan order, except for `copied`: the order in which the copy threads finish files.
+the Nth file's step), `synced`, `recorded` (after the Nth batch's step).
 """
 
 from __future__ import annotations
@@ -53,11 +51,9 @@ import resource
 import signal
 import stat
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from scirepo import config as sconfig
@@ -73,8 +69,6 @@ PARTIAL_PREFIX = ".scirepo-partial-"
 
 CHUNK = 8 << 20  # read size (buffers are reused: no allocation per file)
 LARGE = 64 << 20  # from this size, hashing runs in other threads
-SMALL = 1 << 20  # up to this size, files are copied by a pool of threads, in one chunk
-COPY_THREADS = 2  # the pool (the main thread creates the files meanwhile)
 KERNEL_COPY = True  # copy with copy_file_range where the file systems allow it
 BATCH_FILES = 1000  # files per batch: two syncfs and two catalog transactions each
 BATCH_BYTES = 1 << 30
@@ -330,9 +324,6 @@ class Transfer:
         self._kernel_copy = KERNEL_COPY
         self._noreplace = True  # renameat2(RENAME_NOREPLACE) works here, until it does not
         self._closer: ThreadPoolExecutor | None = None
-        self._copier: ThreadPoolExecutor | None = None
-        self._local = threading.local()  # per thread: its copy buffers
-        self._count_lock = threading.Lock()  # _armed counts steps of every thread
 
     # ------------------------------------------------------------------- helpers
 
@@ -383,13 +374,11 @@ class Transfer:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _armed(self, step: str) -> bool:
-        """Count `step`; whether the test hook wants the process killed at it now. Steps
-        that copy threads reach are counted in the order they reach them."""
+        """Count `step`; whether the test hook wants the process killed at it now."""
         if self._crash is None or self._crash[0] != step:
             return False
-        with self._count_lock:
-            self._counts[step] = self._counts.get(step, 0) + 1
-            return self._counts[step] == self._crash[1]
+        self._counts[step] = self._counts.get(step, 0) + 1
+        return self._counts[step] == self._crash[1]
 
     def _mkdir(self, parent: int, name: str) -> None:
         with contextlib.suppress(FileExistsError):
@@ -440,9 +429,6 @@ class Transfer:
         # Closing the last descriptor of a removed upload frees its blocks, the slow part
         # of a removal: a second thread does it while the next files are copied.
         self._closer = ThreadPoolExecutor(1, thread_name_prefix="close")
-        self._copier = ThreadPoolExecutor(
-            COPY_THREADS, thread_name_prefix="copy", initializer=self._copy_thread
-        )
         try:
             if not self.dry_run:
                 self.catalog = Catalog(self.catalog_path)
@@ -457,7 +443,6 @@ class Transfer:
             self._hasher.shutdown()
             self._hasher2.shutdown()
             self._closer.shutdown()
-            self._copier.shutdown()
             if self.catalog:
                 self.catalog.close()
         return self._finish(t0)
@@ -650,7 +635,7 @@ class Transfer:
                 with self._timed("record"), self.catalog.transaction() as db:
                     Catalog.add_partials(db, rows)
                 with self._timed("copy"):
-                    copied = self._copy_all(fresh)
+                    copied = [it for it in fresh if self._copy(it)]
                 devices = {os.fstat(it.dst_dir).st_dev: it.dst_dir for it in copied}
                 with self._timed("sync"):
                     for fd in devices.values():
@@ -756,74 +741,34 @@ class Transfer:
             it.temp = f"{PARTIAL_PREFIX}{self._tag}-{self._serial}"
         return True
 
-    def _copy_all(self, items: list[_Item]) -> list[_Item]:
-        """Copy each item to its temporary name; the items copied, in order.
-
-        This thread creates the temporary files, one after the other, and hands each small
-        one (up to SMALL) to the pool of COPY_THREADS threads, which copy and verify it
-        (`_copy`) meanwhile; then it copies the larger ones itself. Creating a file can
-        take much longer than copying a small one (ext4 passes over the inodes freed in
-        the last minutes), and creations in parallel only slow each other down. Problems
-        are reported in the order of `items` once every copy has ended."""
-        crash = [self._armed("partial") for _ in items]  # the Nth file in scan order
-        pool = self._copier if len(items) > 1 else None
-        results: list[tuple[str, str] | None | Future] = [None] * len(items)
-        large = []
+    def _copy(self, it: _Item) -> bool:
+        """Copy the upload to its temporary name: hash what is read, and read every chunk
+        back from the destination to verify it (`storage.transfer.verify`)."""
         try:
-            for i, it in enumerate(items):
-                if pool is None or it.st.st_size > SMALL:
-                    large.append(i)
-                elif not (problem := self._create(it)):
-                    results[i] = pool.submit(self._copy, it, crash[i])
-                else:
-                    results[i] = problem
-            for i in large:
-                results[i] = self._create(items[i]) or self._copy(items[i], crash[i])
-        finally:  # even on an exception: no thread may still use a descriptor
-            wait_all([f for f in results if isinstance(f, Future)])
-        copied = []
-        for it, res in zip(items, results, strict=True):
-            problem = res.result() if isinstance(res, Future) else res
-            if problem is None:
-                copied.append(it)
-            else:
-                self.report.add(problem[0], it.shown, problem[1])
-        return copied
-
-    def _create(self, it: _Item) -> tuple[str, str] | None:
-        """Create the temporary file (`it.tmp_fd`); None, else (report kind, reason)."""
-        try:
-            it.tmp_fd = os.open(
+            tmp = os.open(
                 it.temp,
                 os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o600,
                 dir_fd=it.dst_dir,
             )
-        except OSError as exc:
-            return "errors", f"copy failed: {exc.strerror or exc}"
-        return None
-
-    def _copy(self, it: _Item, crash: bool = False) -> tuple[str, str] | None:
-        """Copy the upload to its temporary file (`_create`): hash what is read, and read
-        every chunk back from the destination to verify it (`storage.transfer.verify`).
-        None when done, else (report kind, reason). Runs in any thread; `crash`: the test
-        hook's `partial` (write half of the first chunk and die)."""
-        tmp = it.tmp_fd
-        try:
+            it.tmp_fd = tmp
             parallel = it.st.st_size >= LARGE
             it.sha256, size, problem = self._copy_verified(
-                it.fd, tmp, it.st.st_size, parallel, crash
+                it.fd, tmp, it.st.st_size, parallel, self._armed("partial")
             )
             if problem:
-                return "errors", f"verification failed: {problem}"
+                self.report.add("errors", it.shown, f"verification failed: {problem}")
+                return False
             if size != it.st.st_size or _changed(it.st, os.fstat(it.fd)):
-                return "waiting", "changed while being copied"
+                self.report.add("waiting", it.shown, "changed while being copied")
+                return False
             self._own(tmp, self.file_mode)
             os.utime(tmp, ns=(it.st.st_atime_ns, it.st.st_mtime_ns))
         except OSError as exc:
-            return "errors", f"copy failed: {exc.strerror or exc}"
+            self.report.add("errors", it.shown, f"copy failed: {exc.strerror or exc}")
+            return False
         self._step("copied")
-        return None
+        return True
 
     def _copy_verified(
         self, src: int, dst: int, size: int, parallel: bool, crash: bool
@@ -837,29 +782,24 @@ class Transfer:
         compared byte for byte with the destination (verify: compare) or hashed on its own
         (verify: sha256), the two SHA-256 to agree. With `parallel` (large files) the
         hashing runs in two more threads, a chunk behind (SHA-256 releases the GIL).
-        The buffers are the calling thread's own (`_bufs`); so is the chunk size.
         """
         h_dst = hashlib.sha256()
         h_src = hashlib.sha256() if self.verify == "sha256" else None
         bufs, backs = self._bufs()
-        chunk = len(bufs[0])
-        pairs = len(bufs)
-        if parallel and pairs < 2:
-            raise ValueError("parallel hashing needs two buffer pairs")
-        pending: list[list] = [[] for _ in bufs]  # per buffer pair: hashing still reading it
+        pending: list[list] = [[], []]  # per buffer pair: hashing still reading it
         same = True
         offset = i = 0
         kernel_copy = self._kernel_copy and not crash
         try:
             while offset < size:
-                k = i % pairs
+                k = i & 1
                 for f in pending[k]:
                     f.result()  # the buffers are free again
                 pending[k] = []
                 buf, back = bufs[k], backs[k]
                 if kernel_copy:
                     try:
-                        n = os.copy_file_range(src, dst, min(chunk, size - offset), offset, offset)
+                        n = os.copy_file_range(src, dst, min(CHUNK, size - offset), offset, offset)
                     except OSError as exc:
                         if offset or exc.errno not in _NO_KERNEL_COPY:
                             raise
@@ -868,7 +808,7 @@ class Transfer:
                     if n:
                         _pread_exact(src, buf, n, offset)
                 else:
-                    n = os.preadv(src, [memoryview(buf)[: min(chunk, size - offset)]], offset)
+                    n = os.preadv(src, [memoryview(buf)[: min(CHUNK, size - offset)]], offset)
                     if n and crash:
                         os.pwrite(dst, memoryview(buf)[: n // 2], offset)
                         os.kill(os.getpid(), signal.SIGKILL)
@@ -877,8 +817,8 @@ class Transfer:
                 if not n:
                     break
                 _pread_exact(dst, back, n, offset)
-                if offset >= 2 * chunk:  # two chunks behind: never waits for a busy page
-                    _start_writeback(dst, offset - 2 * chunk, chunk)
+                if offset >= 2 * CHUNK:  # two chunks behind: never waits for a busy page
+                    _start_writeback(dst, offset - 2 * CHUNK, CHUNK)
                 for h, data, pool in ((h_dst, back, self._hasher), (h_src, buf, self._hasher2)):
                     if h is not None:
                         if parallel:
@@ -886,13 +826,12 @@ class Transfer:
                         else:
                             h.update(memoryview(data)[:n])
                 if h_src is None and same:  # bytearray == bytearray is a memcmp
-                    same = buf == back if n == chunk else buf[:n] == back[:n]
+                    same = buf == back if n == CHUNK else buf[:n] == back[:n]
                 offset += n
                 i += 1
         finally:
-            for fs in pending:
-                for f in fs:
-                    f.result()
+            for f in pending[0] + pending[1]:
+                f.result()
         sha = h_dst.hexdigest()
         if h_src is not None and h_src.hexdigest() != sha:
             return sha, offset, f"the copy hashes as {sha}, the upload as {h_src.hexdigest()}"
@@ -901,17 +840,10 @@ class Transfer:
         return sha, offset, None
 
     def _bufs(self) -> tuple[list[bytearray], list[bytearray]]:
-        """The calling thread's read buffers and read-back buffers, made once per thread
-        (none per file): two pairs of CHUNK (large files are hashed a chunk behind), in
-        a copy thread one pair of SMALL (`_copy_thread`: its files are one chunk)."""
-        local = self._local
-        if not hasattr(local, "bufs"):
-            local.bufs = ([bytearray(CHUNK) for _ in "ab"], [bytearray(CHUNK) for _ in "ab"])
-        return local.bufs
-
-    def _copy_thread(self) -> None:
-        """Start of a copy thread: its own buffers, sized for small files."""
-        self._local.bufs = ([bytearray(SMALL)], [bytearray(SMALL)])
+        """Two read buffers and two read-back buffers, made once (none per file)."""
+        if not hasattr(self, "_buffers"):
+            self._buffers = ([bytearray(CHUNK) for _ in "ab"], [bytearray(CHUNK) for _ in "ab"])
+        return self._buffers
 
     def _place(self, it: _Item, existing: list[_Item]) -> bool:
         """Give the verified copy its name; never replaces a file that appeared meanwhile:

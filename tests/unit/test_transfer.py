@@ -498,11 +498,9 @@ def test_a_big_file_killed_mid_copy_leaves_a_partial_that_the_next_run_removes(s
     code, _, _ = site.run(env={transfer.CRASH_ENV: "partial:5"}, check_json=False)
     assert code == -signal.SIGKILL
     partials = list(site.data.rglob(transfer.PARTIAL_PREFIX + "*"))
-    # The big one half written: large files are copied after the temporary files of all
-    # small ones are made (z.dat too); copy threads copy those meanwhile. None linked.
-    assert len(partials) == 6
+    # The four files before it are copied, not yet linked; the big one half written.
+    assert len(partials) == 5
     assert max(p.stat().st_size for p in partials) == 4 * 2**20  # half of the first chunk
-    assert not any((site.data / os.fsdecode(rel)).exists() for rel in expected)
     assert (site.upload / "alpha/run1/m-big.dat").exists()
     code, _, _ = site.run()
     assert code == 0
@@ -571,110 +569,6 @@ def test_two_transfers_started_at_once(site, wait):
         assert codes == [0, 0]
     moved = [json.loads(out)["counts"]["moved"] for code, out, _ in results if code == 0]
     assert sum(moved) == len(expected)  # each file moved by exactly one of them
-    assert_exactly_once(site, expected)
-
-
-# --------------------------------------------------------------------------- copy threads
-
-
-def many_small(site: Site, count: int, dirs: int = 4, uid: int = 0) -> dict[bytes, str]:
-    """`count` small uploads (1-30 KB) in `dirs` directories of site alpha."""
-    expected = {}
-    for i in range(count):
-        data = os.urandom(1000 + 97 * i % 30_000)
-        rel = f"alpha/many/d{i % dirs}/f{i:04d}.dat"
-        site.put(rel, data, uid)
-        expected[rel.encode()] = sha(data)
-    return expected
-
-
-def test_many_small_files_move_once_in_several_batches_with_per_thread_buffers(site, monkeypatch):
-    """Small files go to the copy threads, each with buffers of its own (never those of
-    another thread: a shared buffer would mix up the bytes of two files), over batches."""
-    expected = many_small(site, 400, dirs=7, uid=NOBODY)
-    big = os.urandom(3 * 2**20 + 5)  # larger than SMALL: copied by the main thread
-    site.put("alpha/many/big.dat", big, NOBODY)
-    expected[b"alpha/many/big.dat"] = sha(big)
-    monkeypatch.setattr(transfer, "BATCH_FILES", 90)
-    seen: dict[str, set[int]] = {}
-    lock = threading.Lock()
-    real = transfer.Transfer._copy_verified
-
-    def spy(self, src, dst, size, parallel, crash):
-        bufs, backs = self._bufs()
-        with lock:
-            seen.setdefault(threading.current_thread().name, set()).update(
-                id(b) for b in bufs + backs
-            )
-        if threading.current_thread() is threading.main_thread():
-            assert size > transfer.SMALL and len(bufs[0]) == transfer.CHUNK
-        else:
-            assert size <= transfer.SMALL and len(bufs) == 1
-            assert len(bufs[0]) == len(backs[0]) == transfer.SMALL
-        return real(self, src, dst, size, parallel, crash)
-
-    monkeypatch.setattr(transfer.Transfer, "_copy_verified", spy)
-    real_create = transfer.Transfer._create
-
-    def create(self, it):  # one after the other, by the main thread
-        assert threading.current_thread() is threading.main_thread()
-        return real_create(self, it)
-
-    monkeypatch.setattr(transfer.Transfer, "_create", create)
-    cfg = config.resolve(config.load(site.config))
-    report = transfer.Transfer(cfg, str(site.db)).run()
-    assert report.exit_code() == 0, report.as_dict()
-    assert len(report.moved) == len(expected)
-    assert_exactly_once(site, expected)
-    threads = [name for name in seen if name.startswith("copy")]
-    assert 2 <= len(threads) <= transfer.COPY_THREADS
-    assert "MainThread" in seen  # the big file
-    buffers = list(seen.values())
-    for i, a in enumerate(buffers):  # made once per thread, none shared
-        assert len(a) == (4 if a is seen["MainThread"] else 2)
-        assert all(not a & b for b in buffers[i + 1 :])
-
-
-def test_a_problem_in_a_copy_thread_is_reported_in_order_and_the_rest_moves(site, monkeypatch):
-    expected = many_small(site, 40)
-    real = transfer.Transfer._copy_verified
-    bad = {"f0005.dat", "f0002.dat"}  # scanned in this order (by directory)
-
-    def corrupt(self, src, dst, size, parallel, crash):
-        sha256, n, problem = real(self, src, dst, size, parallel, crash)
-        name = os.readlink(f"/proc/self/fd/{src}").rsplit("/", 1)[-1]
-        return sha256, n, ("made up for the test" if name in bad else problem)
-
-    monkeypatch.setattr(transfer.Transfer, "_copy_verified", corrupt)
-    cfg = config.resolve(config.load(site.config))
-    report = transfer.Transfer(cfg, str(site.db)).run()
-    assert report.errors == [  # in scan order
-        {"path": path, "reason": "verification failed: made up for the test"}
-        for path in ("alpha/many/d1/f0005.dat", "alpha/many/d2/f0002.dat")
-    ]
-    for name in bad:
-        rel = next(r for r in expected if r.endswith(name.encode()))
-        assert (site.upload / os.fsdecode(rel)).exists()  # left in the sandbox
-        del expected[rel]
-    assert site_data(site) == expected
-    assert not list(site.data.rglob(transfer.PARTIAL_PREFIX + "*"))
-
-
-@pytest.mark.parametrize(
-    "crash", ["partial:3", "partial:57", "copied:1", "copied:44", "synced", "linked:30",
-              "placed:59", "recorded", "removed:17"],
-)  # fmt: skip
-def test_many_small_files_killed_at_any_step_then_rerun_move_once(site, crash):
-    """A crash while several copy threads are at work (Nth: in the order reached)."""
-    expected = many_small(site, 60)
-    code, _report, err = site.run(env={transfer.CRASH_ENV: crash}, check_json=False)
-    assert code == -signal.SIGKILL, f"the crash hook did not fire: {code} {err}"
-    for rel, digest in site_data(site).items():
-        if not os.path.basename(rel).startswith(transfer.PARTIAL_PREFIX.encode()):
-            assert digest == expected[rel], rel
-    assert set(expected) <= set(files(site.upload)) | set(site_data(site))
-    code, report, err = site.run()
-    assert code == 0, (report, err)
     assert_exactly_once(site, expected)
 
 
