@@ -8,16 +8,19 @@ the checkout; source and destination are always on the same file system):
 - one large file: `--large-mib` MiB of random bytes.
 
 Each round, in turn, copies every data set with `cp -a` and `rsync -a`, and moves a fresh
-copy of it with the real CLI (`python -m scirepo storage transfer`, a subprocess: its start
-is included), each into an empty destination, after a `sync` so that earlier writes do
-not land in the timed run. The transfer also hashes (SHA-256), syncs and reads back every
-file; cp and rsync do neither, so the table also shows `rsync -a` followed by `sync` (the
-time until rsync's copy is on disk) and `rsync -a --remove-source-files` (a move, like
-the transfer: removing a large file costs much on some disks). Medians of `--rounds`
-rounds, with the CPU time (user + system) of each command; the transfer's result is
-checked file by file against the source after each round (not timed). The CLI runs with
-its bytecode cached (in the scratch directory, even under PYTHONDONTWRITEBYTECODE), as
-an installed package does, and once before the timed rounds to fill that cache.
+copy of it with the real CLI (`python -m scirepo storage transfer`, a subprocess: its
+start is included), each into the same empty destination (the transfer's: site data),
+after the same preparation (the sandbox filled with a copy, then a `sync`) so that every
+tool meets the file system in the same state: creating a file costs more right after many
+were deleted nearby, and a destination elsewhere would favour one tool. The transfer also
+hashes (SHA-256), syncs and reads back every file; cp and rsync do neither, so the table
+also shows `rsync -a` followed by `sync` (the time until rsync's copy is on disk) and
+`rsync -a --remove-source-files` (a move, like the transfer: removing a large file costs
+much on some disks). Medians of `--rounds` rounds, with the CPU time (user + system) of
+each command; the transfer's result is checked file by file against the source after each
+round (not timed). The CLI runs with its bytecode cached (in the scratch directory, even
+under PYTHONDONTWRITEBYTECODE), as an installed package does, and once before the timed
+rounds to fill that cache.
 
     .venv/bin/python bench/transfer.py [--files 5000] [--large-mib 1024] [--rounds 3]
 
@@ -134,7 +137,6 @@ def main() -> int:
     for argv in clis.values():  # nothing to move yet: fills the cache
         subprocess.run([*argv, "--dry-run"], cwd=REPO, env=cli_env, check=True,
                        capture_output=True)  # fmt: skip
-    dest = scratch / "dest"
     upload = root / "upload" / "bench"
     sitedata = root / "data" / "bench"
 
@@ -146,15 +148,18 @@ def main() -> int:
         for name, src in sets.items():
             runs = times[name]
             for tool in tools:
-                fresh(dest)
                 fresh(sitedata)
                 fresh(upload)
                 if db.exists():
                     db.unlink()
-                if tool in clis or tool == "rsync --remove-source-files":
-                    upload.mkdir(parents=True)
-                    subprocess.run(["cp", "-a", f"{src}/.", str(upload / name)], check=True)
-                    (upload / name / ".complete").touch()
+                # The same state of the file system for every tool: the sandbox filled
+                # (what the transfer and the move need; the others leave it), then the
+                # copy made where the transfer puts it.
+                upload.mkdir(parents=True)
+                subprocess.run(["cp", "-a", f"{src}/.", str(upload / name)], check=True)
+                (upload / name / ".complete").touch()
+                sitedata.mkdir(parents=True)
+                dest = sitedata / name
                 os.sync()
                 cpu0 = cpu_seconds()
                 if tool == "cp -a":
