@@ -105,6 +105,19 @@ def _getgrnam(name: str):
         return None
 
 
+def name_problem(cfg: dict, kind: str, name) -> str | None:
+    """Why `name` cannot name a platform account or group (`kind`: "username", "group
+    name"), or None: it is not POSIX-portable, or it is reserved (built-in and
+    users.reserved_names)."""
+    if not isinstance(name, str) or not USERNAME_RE.fullmatch(name):
+        return (
+            f"invalid {kind} {name!r}: use a lowercase letter or _, then up to 31 "
+            "lowercase letters, digits, _ or -"
+        )
+    reason = sconfig.reserved_reason(name, cfg["users"]["reserved_names"])
+    return f"{kind} {name!r} is {reason}" if reason else None
+
+
 def validate_username(cfg: dict, username: str) -> None:
     """Raise UserError unless `username` may be (or already is) a platform user.
 
@@ -112,14 +125,9 @@ def validate_username(cfg: dict, username: str) -> None:
     users.reserved_names), and names of existing accounts or groups that are not platform
     ones (a platform account's id lies in users.uid_min..users.uid_max).
     """
-    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
-        raise UserError(
-            f"invalid username {username!r}: use a lowercase letter or _, then up to 31 "
-            "lowercase letters, digits, _ or -"
-        )
-    reason = sconfig.reserved_reason(username, cfg["users"]["reserved_names"])
-    if reason:
-        raise UserError(f"username {username!r} is {reason}")
+    problem = name_problem(cfg, "username", username)
+    if problem:
+        raise UserError(problem)
     for name in (cfg["users"]["group"], cfg["storage"]["data_managers_group"]):
         if username == name:
             raise UserError(f"username {username!r} is the name of a platform group")

@@ -29,7 +29,7 @@ import subprocess
 
 from scirepo import config as sconfig
 from scirepo.config import ScirepoError
-from scirepo.users import USERNAME_RE, _getgrnam, _getpwnam
+from scirepo.users import USERNAME_RE, _getgrnam, _getpwnam, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,9 @@ def validate_group_name(cfg: dict, name: str) -> None:
     names of accounts (every user has a group of its own name), and existing groups whose
     gid is outside storage.groups (system groups and others the platform did not make).
     """
-    if not isinstance(name, str) or not USERNAME_RE.fullmatch(name):
-        raise GroupError(
-            f"invalid group name {name!r}: use a lowercase letter or _, then up to 31 "
-            "lowercase letters, digits, _ or -"
-        )
-    reason = sconfig.reserved_reason(name, cfg["users"]["reserved_names"])
-    if reason:
-        raise GroupError(f"group name {name!r} is {reason}")
+    problem = name_problem(cfg, "group name", name)
+    if problem:
+        raise GroupError(problem)
     if name in (cfg["users"]["group"], cfg["storage"]["data_managers_group"]):
         raise GroupError(f"group name {name!r} is a platform group of the site config")
     account = _getpwnam(name)
