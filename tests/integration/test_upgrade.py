@@ -11,13 +11,14 @@ The module removes the local host first and ends with this tree deployed and che
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import subprocess
 import sys
 
 import pytest
 import yaml
+
+from tests import releases
 
 from .conftest import REPO, changed_tasks, on_host, scirepo_cli, ssh_client, ssh_run
 
@@ -30,23 +31,10 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def releases() -> list[tuple[str, str]]:
-    """(version, commit) from the tracked file RELEASES, oldest first."""
-    rows = []
-    for n, line in enumerate((REPO / "RELEASES").read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.split()
-        if len(fields) != 2 or not re.fullmatch(r"v\d+\.\d+\.\d+", fields[0]):
-            pytest.fail(f"RELEASES line {n}: expected 'vX.Y.Z COMMIT', got {line!r}")
-        rows.append((fields[0], fields[1]))
-    return rows
-
-
 def previous_release() -> tuple[str, str]:
     """The newest release in RELEASES whose commit is an ancestor of HEAD and not HEAD."""
     head = git("rev-parse", "HEAD")
-    for version, commit in reversed(releases()):
+    for version, commit in reversed(releases.read()):
         known = subprocess.run(
             ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, check=False
         )

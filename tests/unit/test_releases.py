@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from tests import releases
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -13,20 +15,12 @@ def git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
 
 
-def entries() -> list[list[str]]:
-    lines = (REPO / "RELEASES").read_text().splitlines()
-    return [line.split() for line in lines if line.strip() and not line.startswith("#")]
-
-
 def test_releases_are_well_formed_increasing_ancestors_of_head():
-    rows = entries()
+    rows = releases.read()
     assert rows, "RELEASES lists no release"
     versions = []
-    for fields in rows:
-        assert len(fields) == 2, fields
-        version, commit = fields
-        m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", version)
-        assert m, f"{version} is not vX.Y.Z"
+    for version, commit in rows:
+        m = releases.VERSION_RE.fullmatch(version)
         versions.append(tuple(int(x) for x in m.groups()))
         assert re.fullmatch(r"[0-9a-f]{40}", commit), f"{version}: {commit} is not a full hash"
         assert git("merge-base", "--is-ancestor", commit, "HEAD").returncode == 0, (
