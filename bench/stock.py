@@ -61,10 +61,10 @@ def hub_image_tag() -> str:
     """The stock image's tag names the JupyterHub and DockerSpawner of hub/requirements.txt
     (the lock it installs) and ends with a hash of what the image is built from, so a new
     lock or Dockerfile gets a new image."""
-    lock = (REPO / "hub" / "requirements.txt").read_text()
-    digest = hashlib.sha256()
-    for part in ("requirements.txt", "Dockerfile", "proxy/package-lock.json"):
-        digest.update((REPO / "hub" / part).read_bytes())
+    parts = {p: (REPO / "hub" / p).read_bytes()
+             for p in ("requirements.txt", "Dockerfile", "proxy/package-lock.json")}  # fmt: skip
+    digest = hashlib.sha256(b"".join(parts.values()))
+    lock = parts["requirements.txt"].decode()
     versions = []
     for pkg in ("jupyterhub", "dockerspawner"):
         found = re.search(rf"^{pkg}==([^\s\\]+)", lock, re.M)
