@@ -15,43 +15,80 @@ import sys
 
 from scirepo.config import CONFIG_ENV, SITE_JSON, ScirepoError
 
-# Modules that add verbs, in the order `scirepo --help` lists them. A new module with a
-# `register(subparsers)` function is added here and nowhere else.
-COMMAND_MODULES = [
-    "scirepo.config",
-    "scirepo.users",
-    "scirepo.images",
-    "scirepo.local",
-    "scirepo.deploy",
-    "scirepo.health",
-    "scirepo.authd",
-    "scirepo.accounts.cli",
-    "scirepo.backup",
-    "scirepo.storage",
-    "scirepo.storage.groups",
-]
+# The verbs, in the order `scirepo --help` lists them, and the module that adds each (its
+# `register(subparsers)`). A new verb is added here and nowhere else. Only the module of
+# the verb given is imported: a command does not pay for the imports of all the others.
+COMMAND_MODULES = {
+    "config": "scirepo.config",
+    "user": "scirepo.users",
+    "images": "scirepo.images",
+    "local": "scirepo.local",
+    "deploy": "scirepo.deploy",
+    "health": "scirepo.health",
+    "authd": "scirepo.authd",
+    "accounts": "scirepo.accounts.cli",
+    "backup": "scirepo.backup",
+    "restore": "scirepo.backup",
+    "backup-host": "scirepo.backup",
+    "storage": "scirepo.storage",
+    "group": "scirepo.storage.groups",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scirepo",
-        description="Operate a scirepo science platform host.",
-        epilog=f"The site config is --config FILE, else ${CONFIG_ENV}, else {SITE_JSON}.",
-    )
+class _NoVerb(Exception):
+    pass
+
+
+class _PreParser(argparse.ArgumentParser):
+    def error(self, message):  # a bad command line: the full parser says what is wrong
+        raise _NoVerb(message)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="site config: a site file (YAML) or the resolved JSON of `config resolve`",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings")
+
+
+def wanted_verb(argv: list[str] | None) -> str | None:
+    """The verb of command line `argv` (None: sys.argv), or None when there is none or
+    the top-level help is asked for."""
+    pre = _PreParser(add_help=False)
+    _options(pre)
+    pre.add_argument("-h", "--help", action="store_true")
+    pre.add_argument("verb", nargs="?")
+    pre.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        args, _ = pre.parse_known_args(argv)
+    except _NoVerb:
+        return None
+    return None if args.help else args.verb
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the `scirepo` command line: with `verb` only, if it is one, else
+    with all of them."""
+    parser = argparse.ArgumentParser(
+        prog="scirepo",
+        description="Operate a scirepo science platform host.",
+        epilog=f"The site config is --config FILE, else ${CONFIG_ENV}, else {SITE_JSON}.",
+    )
+    _options(parser)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for name in COMMAND_MODULES:
+    if verb in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[verb]]
+    else:
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in modules:
         importlib.import_module(name).register(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(wanted_verb(argv)).parse_args(argv)
     # Modules report what they changed through logging; the CLI shows it on stderr. The
     # handler is removed again so that main() can be called in-process (tests) cleanly.
     handler = logging.StreamHandler(sys.stderr)

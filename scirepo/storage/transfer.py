@@ -7,7 +7,9 @@ file exactly once at the destination, intact:
 
 1. the temporary names about to be written are recorded in the catalog (`partials`);
 2. each source is opened without following links (refused unless a regular file with one
-   link) and copied to `.scirepo-partial-*` in its destination directory, chunk by chunk;
+   link) and copied to `.scirepo-partial-*` in its destination directory (made ahead by
+   other threads, one per directory: creating a file is most of the cost of a small one),
+   chunk by chunk;
    each chunk is read back from the copy and hashed, and compared with the upload's bytes
    (`verify: compare`) or checked against the upload's own SHA-256 (`verify: sha256`):
    this is what "verified" means. A source that changes meanwhile (size, mtime, ctime), or
@@ -72,6 +74,7 @@ LARGE = 64 << 20  # from this size, hashing runs in other threads
 KERNEL_COPY = True  # copy with copy_file_range where the file systems allow it
 BATCH_FILES = 1000  # files per batch: two syncfs and two catalog transactions each
 BATCH_BYTES = 1 << 30
+CREATE_LANES = 2  # threads creating the temporary files (in different directories)
 
 # copy_file_range errors that mean "not here": copy through user space instead.
 _NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
@@ -324,6 +327,7 @@ class Transfer:
         self._kernel_copy = KERNEL_COPY
         self._noreplace = True  # renameat2(RENAME_NOREPLACE) works here, until it does not
         self._closer: ThreadPoolExecutor | None = None
+        self._creators: list[ThreadPoolExecutor] = []
 
     # ------------------------------------------------------------------- helpers
 
@@ -429,6 +433,12 @@ class Transfer:
         # Closing the last descriptor of a removed upload frees its blocks, the slow part
         # of a removal: a second thread does it while the next files are copied.
         self._closer = ThreadPoolExecutor(1, thread_name_prefix="close")
+        # Creating a file is most of the cost of copying a small one: threads create the
+        # temporary files ahead of the copy, each in its own directories (creations in
+        # one directory take turns).
+        self._creators = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"create-{i}") for i in range(CREATE_LANES)
+        ]
         try:
             if not self.dry_run:
                 self.catalog = Catalog(self.catalog_path)
@@ -443,6 +453,8 @@ class Transfer:
             self._hasher.shutdown()
             self._hasher2.shutdown()
             self._closer.shutdown()
+            for pool in self._creators:
+                pool.shutdown()
             if self.catalog:
                 self.catalog.close()
         return self._finish(t0)
@@ -635,7 +647,13 @@ class Transfer:
                 with self._timed("record"), self.catalog.transaction() as db:
                     Catalog.add_partials(db, rows)
                 with self._timed("copy"):
-                    copied = [it for it in fresh if self._copy(it)]
+                    made = self._create_ahead(fresh)
+                    try:
+                        copied = [
+                            it for it, f in zip(fresh, made, strict=True) if self._copy(it, f)
+                        ]
+                    finally:
+                        self._settle(fresh, made)
                 devices = {os.fstat(it.dst_dir).st_dev: it.dst_dir for it in copied}
                 with self._timed("sync"):
                     for fd in devices.values():
@@ -741,17 +759,41 @@ class Transfer:
             it.temp = f"{PARTIAL_PREFIX}{self._tag}-{self._serial}"
         return True
 
-    def _copy(self, it: _Item) -> bool:
-        """Copy the upload to its temporary name: hash what is read, and read every chunk
-        back from the destination to verify it (`storage.transfer.verify`)."""
+    def _create_ahead(self, items: list[_Item]) -> list:
+        """Start creating the temporary files of `items`: a future per item, of its
+        descriptor. Each directory's files go to one creating thread, in turn."""
+        lanes: dict[tuple[str, ...], ThreadPoolExecutor] = {}
+        pools = self._creators
+        return [
+            lanes.setdefault(it.dir, pools[len(lanes) % len(pools)]).submit(self._create_temp, it)
+            for it in items
+        ]
+
+    @staticmethod
+    def _create_temp(it: _Item) -> int:
+        """Create the temporary file of `it` (recorded as a partial beforehand)."""
+        return os.open(
+            it.temp,
+            os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=it.dst_dir,
+        )
+
+    @staticmethod
+    def _settle(items: list[_Item], made: list) -> None:
+        """Wait for the creations still running; keep every descriptor they opened on
+        its item, to be closed (and the file removed) with it."""
+        for it, f in zip(items, made, strict=True):
+            f.cancel()
+            if not f.cancelled() and f.exception() is None and it.tmp_fd < 0:
+                it.tmp_fd = f.result()
+
+    def _copy(self, it: _Item, made) -> bool:
+        """Copy the upload to its temporary name (`made`: the future of its creation):
+        hash what is read, and read every chunk back from the destination to verify it
+        (`storage.transfer.verify`)."""
         try:
-            tmp = os.open(
-                it.temp,
-                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=it.dst_dir,
-            )
-            it.tmp_fd = tmp
+            tmp = it.tmp_fd = made.result()
             parallel = it.st.st_size >= LARGE
             it.sha256, size, problem = self._copy_verified(
                 it.fd, tmp, it.st.st_size, parallel, self._armed("partial")
