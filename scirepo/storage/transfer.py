@@ -677,9 +677,8 @@ class Transfer:
             if done or rows:
                 # Partials are forgotten only now that none of them exists any more.
                 with self._timed("record"), self.catalog.transaction() as db:
-                    for it in done:
-                        if not (it.recovered and self._cataloged(it)):
-                            Catalog.record(db, self._entry(it))
+                    Catalog.record(db, [self._entry(it) for it in done
+                                        if not (it.recovered and self._cataloged(it))])  # fmt: skip
                     Catalog.drop_partials(db, rows)
                 self._step("recorded")
             removed = []
@@ -1163,8 +1162,8 @@ def cmd_transfer(args) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_BUSY
     if args.json:
-        json.dump(report.as_dict(), sys.stdout, indent=1, ensure_ascii=False)
-        print()
+        # One write: json.dump writes piece by piece (0.1 s for 5000 files to a pipe).
+        print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False))
     else:
         print(report.text(verbose=args.verbose))
     return report.exit_code()
