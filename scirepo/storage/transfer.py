@@ -20,6 +20,10 @@ file exactly once at the destination, intact:
 5. the catalog records the batch in one transaction (and forgets its partials);
 6. the sources are removed.
 
+The next batch is opened, recorded and its temporary files made while one batch goes
+through steps 3-6 (two batches at a time at the most; batches shrink to fit the limit of
+open files).
+
 A run first removes the partials of a crashed run. A destination that already exists is
 hashed: identical to the upload, it is recorded (if missing) and the upload removed, which
 is how a crash after step 4 or 5 completes; different, it is a conflict, reported and left.
@@ -246,6 +250,33 @@ class _Item:
                 setattr(self, attr, -1)
 
 
+@dataclass
+class _Batch:
+    """Uploads moved together: two syncfs and two catalog transactions for all."""
+
+    items: list[_Item]
+    src_dirs: _Dirs
+    dst_dirs: _Dirs
+    fresh: list[_Item] = field(default_factory=list)  # to copy
+    existing: list[_Item] = field(default_factory=list)  # a file is at the destination
+    rows: list[tuple] = field(default_factory=list)  # their partials in the catalog
+    made: list = field(default_factory=list)  # futures of the temporary files (fresh)
+
+
+def _chunks(items: Iterator[_Item], files: int) -> Iterator[list[_Item]]:
+    """`items` in batches of `files` files or BATCH_BYTES bytes."""
+    batch: list[_Item] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += item.st.st_size
+        if len(batch) >= files or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 class _Dirs:
     """Directory descriptors below a root, opened one component at a time without
     following symbolic links; with `create`, missing ones are made (owner, mode)."""
@@ -328,6 +359,7 @@ class Transfer:
         self._noreplace = True  # renameat2(RENAME_NOREPLACE) works here, until it does not
         self._closer: ThreadPoolExecutor | None = None
         self._creators: list[ThreadPoolExecutor] = []
+        self._batch_files = BATCH_FILES
 
     # ------------------------------------------------------------------- helpers
 
@@ -423,6 +455,10 @@ class Transfer:
         if soft != resource.RLIM_INFINITY and soft < 8192:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard), hard))
+        # Two batches are open at a time, two descriptors per file: fit the limit.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            self._batch_files = min(BATCH_FILES, max(16, (soft - 256) // 4))
         try:
             up = os.open(self.upload, _ROOT)
         except FileNotFoundError:
@@ -551,16 +587,19 @@ class Transfer:
                         os.close(parent)
                 dst_root = os.open(self.sites[site], _ROOT)
             touched: set[tuple[str, ...]] = set()
-            batch: list[_Item] = []
-            size = 0
-            for item in self._scan(site, src_root, (), frozenset(), touched):
-                batch.append(item)
-                size += item.st.st_size
-                if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
-                    self._batch(src_root, dst_root, batch, touched)
-                    batch, size = [], 0
-            if batch:
-                self._batch(src_root, dst_root, batch, touched)
+            chunks = _chunks(
+                self._scan(site, src_root, (), frozenset(), touched), self._batch_files
+            )
+
+            def start_next() -> _Batch | None:
+                items = next(chunks, None)
+                return self._start(src_root, dst_root, items) if items else None
+
+            # Each batch's files are created ahead while the one before it is synced,
+            # placed, recorded and removed: two batches at a time at the most.
+            batch = start_next()
+            while batch is not None:
+                batch = self._complete(batch, touched, start_next)
             if not self.dry_run:
                 self._tidy(src_root, touched)
         finally:
@@ -628,77 +667,107 @@ class Transfer:
 
     # ------------------------------------------------------------------- one batch
 
-    def _batch(self, src_root: int, dst_root: int, items: list[_Item], touched: set) -> None:
-        src_dirs = _Dirs(src_root)
-        dst_dirs = _Dirs(dst_root if dst_root >= 0 else -1, None if self.dry_run else self._mkdir)
+    def _start(self, src_root: int, dst_root: int, items: list[_Item]) -> _Batch:
+        """Open the uploads of a batch, find their destinations, record the temporary
+        names as partials and start creating them (the dry run only reports)."""
+        b = _Batch(
+            items,
+            _Dirs(src_root),
+            _Dirs(dst_root if dst_root >= 0 else -1, None if self.dry_run else self._mkdir),
+        )
         try:
             with self._timed("open"):
-                ready = [it for it in items if self._open(it, src_dirs, dst_dirs)]
-            fresh = [it for it in ready if it.temp]
-            existing = [it for it in ready if not it.temp]
+                ready = [it for it in items if self._open(it, b.src_dirs, b.dst_dirs)]
+            b.fresh = [it for it in ready if it.temp]
+            b.existing = [it for it in ready if not it.temp]
             if self.dry_run:
-                for it in fresh:
+                for it in b.fresh:
                     self._moved(it, it.st.st_size, "")
-                for it in existing:
+                for it in b.existing:
                     self._existing(it)
-                return
-            if fresh:
-                rows = [(it.site, b"/".join(map(os.fsencode, it.dir)), it.temp) for it in fresh]
+                b.fresh, b.existing = [], []
+            elif b.fresh:
+                b.rows = [(it.site, b"/".join(map(os.fsencode, it.dir)), it.temp)
+                          for it in b.fresh]  # fmt: skip
                 with self._timed("record"), self.catalog.transaction() as db:
-                    Catalog.add_partials(db, rows)
+                    Catalog.add_partials(db, b.rows)
+                b.made = self._create_ahead(b.fresh)
+        except BaseException:
+            self._close_batch(b)
+            raise
+        return b
+
+    def _complete(self, b: _Batch, touched: set, start_next) -> _Batch | None:
+        """Copy, sync, place, record and remove batch `b`; `start_next()` starts the next
+        batch once this one's copies are made. Returns that next batch."""
+        nxt = None
+        try:
+            copied, placed = [], []
+            if b.fresh:
                 with self._timed("copy"):
-                    made = self._create_ahead(fresh)
                     try:
-                        copied = [
-                            it for it, f in zip(fresh, made, strict=True) if self._copy(it, f)
-                        ]
+                        copied = [it for it, f in zip(b.fresh, b.made, strict=True)
+                                  if self._copy(it, f)]  # fmt: skip
                     finally:
-                        self._settle(fresh, made)
+                        self._settle(b.fresh, b.made)
+                        b.made = []
+            nxt = start_next()
+            if copied:
                 devices = {os.fstat(it.dst_dir).st_dev: it.dst_dir for it in copied}
                 with self._timed("sync"):
                     for fd in devices.values():
                         _syncfs(fd)
                 self._step("synced")
                 with self._timed("place"):
-                    placed = [it for it in copied if self._place(it, existing)]
+                    placed = [it for it in copied if self._place(it, b.existing)]
                 with self._timed("sync"):
                     for fd in devices.values():
                         _syncfs(fd)
-                for it in fresh:  # copies that failed, or lost the race for their name
-                    if it.temp:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(it.temp, dir_fd=it.dst_dir)
-                        it.temp = ""
-            else:
-                rows, placed = [], []
+            for it in b.fresh:  # copies that failed, or lost the race for their name
+                if it.temp:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(it.temp, dir_fd=it.dst_dir)
+                    it.temp = ""
             with self._timed("compare"):
-                recovered = [it for it in existing if self._existing(it)]
+                recovered = [it for it in b.existing if self._existing(it)]
             done = placed + recovered
-            if done or rows:
+            if done or b.rows:
                 # Partials are forgotten only now that none of them exists any more.
                 with self._timed("record"), self.catalog.transaction() as db:
                     Catalog.record(db, [self._entry(it) for it in done
                                         if not (it.recovered and self._cataloged(it))])  # fmt: skip
-                    Catalog.drop_partials(db, rows)
+                    Catalog.drop_partials(db, b.rows)
                 self._step("recorded")
             removed = []
             with self._timed("remove"):
                 for it in done:
-                    if self._remove_source(it, src_dirs):
+                    if self._remove_source(it, b.src_dirs):
                         removed.append(it.fd)
                         it.fd = -1
                     touched.add(it.dir)
                     self._step("removed")
             self._closer.submit(self._close_removed, removed)
+        except BaseException:
+            if nxt is not None:
+                self._close_batch(nxt)
+            raise
         finally:
-            for it in items:
-                it.close()
-                if it.temp and it.dst_dir >= 0 and not self.dry_run:
-                    # An exception: the partial is still listed, the next run checks too.
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(it.temp, dir_fd=it.dst_dir)
-            src_dirs.close()
-            dst_dirs.close()
+            self._close_batch(b)
+        return nxt
+
+    def _close_batch(self, b: _Batch) -> None:
+        """Close what batch `b` holds open; after an exception, remove its temporary
+        files (still listed as partials: the next run checks them too)."""
+        if b.made:
+            self._settle(b.fresh, b.made)
+            b.made = []
+        for it in b.items:
+            it.close()
+            if it.temp and it.dst_dir >= 0 and not self.dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(it.temp, dir_fd=it.dst_dir)
+        b.src_dirs.close()
+        b.dst_dirs.close()
 
     def _open(self, it: _Item, src_dirs: _Dirs, dst_dirs: _Dirs) -> bool:
         """Open the upload and check it again on the open file; find its destination."""

@@ -82,10 +82,17 @@ class Site:
         m.touch()
         os.chown(m, uid, uid)
 
-    def run(self, *args: str, env: dict | None = None, check_json: bool = True):
-        """`scirepo storage transfer --json ARGS` as a subprocess: (code, report, stderr)."""
+    def run(self, *args: str, env: dict | None = None, check_json: bool = True,
+            batch_files: int | None = None):  # fmt: skip
+        """`scirepo storage transfer --json ARGS` as a subprocess: (code, report, stderr);
+        with `batch_files`, in batches of that many files (several batches, pipelined)."""
+        start = ["-m", "scirepo"]
+        if batch_files:
+            start = ["-c", "import sys; from scirepo.storage import transfer; "
+                     f"transfer.BATCH_FILES = {batch_files}; from scirepo.cli import main; "
+                     "sys.exit(main(sys.argv[1:]))"]  # fmt: skip
         res = subprocess.run(
-            [sys.executable, "-m", "scirepo", "--config", str(self.config), "storage",
+            [sys.executable, *start, "--config", str(self.config), "storage",
              "transfer", "--db", str(self.db), "--json", *args],
             cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
@@ -176,11 +183,12 @@ def assert_exactly_once(site: Site, expected: dict[bytes, str]) -> None:
 # --------------------------------------------------------------------------- clean run
 
 
+@pytest.mark.parametrize("batch_files", [None, 2], ids=["one-batch", "batches-of-2"])
 @pytest.mark.parametrize("verify", ["sha256", "compare"])
-def test_clean_run_moves_every_complete_upload_once(tmp_path, verify):
+def test_clean_run_moves_every_complete_upload_once(tmp_path, verify, batch_files):
     site = Site(tmp_path, verify=verify)
     expected = dataset(site)
-    code, report, err = site.run()
+    code, report, err = site.run(batch_files=batch_files)
     assert code == 0, (report, err)
     assert report["counts"]["moved"] == len(expected)
     assert report["counts"]["conflicts"] == report["counts"]["refused"] == 0
@@ -319,7 +327,7 @@ def test_a_different_file_at_the_destination_is_a_conflict(site):
     (site.data / "alpha/c/new.dat").write_bytes(b"older data")
     site.put("alpha/c/same.dat", b"same bytes")
     (site.data / "alpha/c/same.dat").write_bytes(b"same bytes")
-    code, report, _ = site.run()
+    code, report, _ = site.run(batch_files=1)  # each file a batch of its own
     assert code == transfer.EXIT_ATTENTION
     [conflict] = report["conflicts"]
     assert conflict["path"] == "alpha/c/new.dat"
@@ -475,10 +483,13 @@ CRASHES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("batch_files", [None, 2], ids=["one-batch", "batches-of-2"])
 @pytest.mark.parametrize("crash", CRASHES)
-def test_killed_at_any_step_then_rerun_gives_each_file_once_intact(site, crash):
+def test_killed_at_any_step_then_rerun_gives_each_file_once_intact(site, crash, batch_files):
     expected = dataset(site)
-    code, _report, err = site.run(env={transfer.CRASH_ENV: crash}, check_json=False)
+    code, _report, err = site.run(
+        env={transfer.CRASH_ENV: crash}, check_json=False, batch_files=batch_files
+    )
     assert code == -signal.SIGKILL, f"the crash hook did not fire: {code} {err}"
     # Whatever is at a final name already is intact (a partial copy never has one).
     for rel, digest in site_data(site).items():
