@@ -517,8 +517,7 @@ def test_a_big_file_killed_mid_copy_leaves_a_partial_that_the_next_run_removes(s
     assert len([s for s in sizes if s]) == 4  # the empty file's copy is empty too
     # Each was recorded in the catalog before it was made.
     db = sqlite3.connect(site.db)
-    recorded = {bytes(name).decode() if isinstance(name, bytes) else name
-                for (name,) in db.execute("SELECT name FROM partials")}  # fmt: skip
+    recorded = {name for (name,) in db.execute("SELECT name FROM partials")}
     db.close()
     assert {p.name for p in partials} <= recorded
     assert (site.upload / "alpha/run1/m-big.dat").exists()
