@@ -11,6 +11,8 @@ defaults, and the reason for it; bench/stock.py passes the values in the environ
   the servers it starts must reach it by name on a user-defined network (DockerSpawner's
   documented setup for a containerised hub; use_internal_ip follows from network_name).
 - DockerSpawner.image: scirepo's `base` image, by digest, the image scirepo spawns.
+- DockerSpawner.cmd: jupyterhub-singleuser, JupyterHub's own single-user server, installed in
+  the image at the hub's version (the image's own command is scirepo-singleuser).
 - DockerSpawner.prefix: container names start with scirepo-stock- so that bench/stock.py
   removes exactly its own containers.
 - DockerSpawner.environment NB_USER/NB_UID/NB_HOME: scirepo's images start as root and
@@ -35,6 +37,7 @@ c.JupyterHub.hub_ip = "0.0.0.0"  # noqa: S104 - inside the hub container, on its
 c.JupyterHub.hub_connect_ip = os.environ["STOCK_HUB_NAME"]
 c.DockerSpawner.network_name = os.environ["STOCK_NETWORK"]
 c.DockerSpawner.image = os.environ["STOCK_IMAGE"]
+c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.prefix = os.environ["STOCK_PREFIX"]
 c.DockerSpawner.environment = {
     "NB_USER": lambda spawner: spawner.user.name,

@@ -69,6 +69,84 @@ def test_singleuser_server_reports_the_hub_version(image, locked):
     assert out.strip() == locked["jupyterhub"]
 
 
+def test_image_command_is_scirepo_singleuser(image):
+    assert json.loads(image.inspect("{{json .Config.Cmd}}")) == ["scirepo-singleuser"]
+
+
+# Run in the image: the module's rules, and what importing it costs.
+SINGLEUSER_CHECKS = """
+import sys
+import scirepo_singleuser as su
+
+# The reason the module exists: none of jupyterhub's import chain is loaded.
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jupyterhub', 'sqlalchemy', 'alembic'))
+assert not heavy, heavy
+
+need = {'access:servers!server=ann/', 'access:servers!user=ann'}
+for have, ok in [
+    ('access:servers', True),
+    ('access:servers!user=ann', True),
+    ('access:servers!server=ann/', True),
+    ('access:servers!user=anna', False),
+    ('access:servers!user=an', False),
+    ('access:servers!server=ann/other', False),
+    ('access:servers!server=bob/', False),
+    ('access:servers!group=ann', False),
+    ('read:servers!user=ann', False),
+    ('access:services', False),
+    ('admin:servers', False),
+]:
+    assert su.has_access([have], need) is ok, have
+named = {'access:servers!server=ann/lab2'}
+assert su.has_access(['access:servers!user=ann'], named)
+assert not su.has_access(['access:servers!server=ann/'], named)
+
+env = {
+    'JUPYTERHUB_API_TOKEN': 't', 'JUPYTERHUB_API_URL': 'http://hub:8081/hub/api',
+    'JUPYTERHUB_CLIENT_ID': 'jupyterhub-user-ann', 'JUPYTERHUB_SERVICE_PREFIX': '/user/ann/',
+    'JUPYTERHUB_SERVICE_URL': 'http://0.0.0.0:8888/user/ann/', 'JUPYTERHUB_USER': 'ann',
+    'JUPYTERHUB_OAUTH_ACCESS_SCOPES': '["access:servers!server=ann/"]',
+}
+hub = su.HubSettings(env)
+assert (hub.hub_prefix, hub.callback_url) == ('/hub/', '/user/ann/oauth_callback')
+for bad, word in [
+    ({k: v for k, v in env.items() if k != 'JUPYTERHUB_API_TOKEN'}, 'JUPYTERHUB_API_TOKEN'),
+    ({**env, 'JUPYTERHUB_OAUTH_ACCESS_SCOPES': '[oops'}, 'JSON'),
+    ({**env, 'JUPYTERHUB_DISABLE_USER_CONFIG': '1'}, 'JUPYTERHUB_DISABLE_USER_CONFIG'),
+]:
+    try:
+        su.HubSettings(bad)
+    except su.ConfigError as e:
+        assert word in str(e), e
+    else:
+        raise AssertionError(bad)
+
+ip = su.HubIdentityProvider.__new__(su.HubIdentityProvider)
+ip.hub = hub
+for next_url, want in [
+    ('/user/ann/lab?x=1', '/user/ann/lab?x=1'),
+    ('https://evil.example/user/ann/', '/user/ann/'),
+    ('//evil.example/user/ann/', '/user/ann/'),
+    ('/user/bob/lab', '/user/ann/'),
+    ('/user/ann\\@evil', '/user/ann/'),
+    ('', '/user/ann/'),
+]:
+    assert ip.safe_next(next_url) == want, (next_url, ip.safe_next(next_url))
+print('ok')
+"""
+
+
+def test_singleuser_rules_and_imports(image):
+    out = image.run("python", "-c", SINGLEUSER_CHECKS, opts=("--user", "65534:65534"))
+    assert out.stdout.strip() == "ok"
+
+
+def test_singleuser_refuses_to_start_without_the_hubs_environment(image):
+    res = image.run("scirepo-singleuser", opts=("--user", "65534:65534"), check=False)
+    assert res.returncode == 1
+    assert "missing in the environment: JUPYTERHUB_API_TOKEN" in res.stderr
+
+
 def status(proc_status: str, field: str) -> str:
     return re.search(rf"^{field}:\s*(\S+)", proc_status, re.M).group(1)
 

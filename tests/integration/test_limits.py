@@ -242,6 +242,7 @@ def test_culler_runs_with_the_site_settings(cfg):
 
 
 SHORT = {"idle_timeout": 30, "every": 5, "kernel_idle_timeout": 10}
+ACTIVITY_INTERVAL = 5  # seconds between a server's activity reports to the hub
 DROP_IN = "99-test-limits-cull.py"
 
 
@@ -266,6 +267,8 @@ def short_culling(cfg, users):
         "# Written by tests/integration/test_limits.py; removed when it ends.\n"
         "from scirepo.hub.config import cull, load\n\n"
         f"cull(c, {{**load()[0]['hub']['cull'], 'enabled': True, **{SHORT!r}}})\n"
+        "c.Spawner.environment.update("
+        f"{{'JUPYTERHUB_ACTIVITY_INTERVAL': '{ACTIVITY_INTERVAL}'}})\n"
     )
     assert on_host(cfg, "tee", path, input=text).returncode == 0
     _, _, hub = users.logged_in("c")
@@ -290,7 +293,7 @@ def test_idle_servers_and_kernels_are_culled(cfg, short_culling):
         hub.start_server(server_name=server_name)
     args = inspect(cfg, container(hub.name))["Args"]
     assert "--MappingKernelManager.cull_idle_timeout=10" in args
-    kernel = hub.server("POST", "api/kernels", json={"name": "python3"}).json()["id"]
+    assert hub.server("POST", "api/kernels", json={"name": "python3"}).status_code == 201
     t_kernel = time.monotonic()
     culled: dict[str, float] = {}
     kernel_gone = None
@@ -300,8 +303,10 @@ def test_idle_servers_and_kernels_are_culled(cfg, short_culling):
             if server_name not in servers and server_name not in culled:
                 culled[server_name] = time.monotonic() - started[server_name]
         if kernel_gone is None and "" not in culled:
-            res = hub.server("GET", "api/kernels")
-            if res.status_code == 200 and kernel not in [k["id"] for k in res.json()]:
+            # api/status, not api/kernels: a look that is not activity (the server reports
+            # its activity to the hub, and this loop must not keep it alive).
+            res = hub.server("GET", "api/status")
+            if res.status_code == 200 and res.json()["kernels"] == 0:
                 kernel_gone = time.monotonic() - t_kernel
         time.sleep(1)
     print(f"kernel culled after {kernel_gone} s, servers after {culled}")
@@ -314,3 +319,22 @@ def test_idle_servers_and_kernels_are_culled(cfg, short_culling):
     # A culled server starts again on request (files and named server entry are kept).
     hub.start_server(server_name=names[-1])
     hub.stop_server(server_name=names[-1])
+
+
+def test_a_server_in_use_reports_activity_and_is_not_culled(short_culling):
+    """The server posts its last activity to the hub (scirepo-singleuser): used every few
+    seconds for longer than the 30 s idle timeout, it is not culled, and the hub's last
+    activity of it moves on. (The proxy's own record reaches the hub only every 5 min.)"""
+    hub = short_culling
+    hub.start_server()
+    try:
+        first = hub.api("GET", f"/users/{hub.name}").json()["servers"][""]["last_activity"]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < SHORT["idle_timeout"] + 2 * SHORT["every"] + 5:
+            assert hub.server("GET", "api/contents").status_code == 200, "server culled"
+            time.sleep(3)
+        servers = hub.api("GET", f"/users/{hub.name}").json()["servers"]
+        assert "" in servers, "culled while in use"
+        assert servers[""]["last_activity"] > first
+    finally:
+        hub.stop_server()

@@ -1,0 +1,3 @@
+from scirepo_singleuser import main
+
+main()
