@@ -3,7 +3,7 @@
 The image's command. It does what `jupyterhub-singleuser` (JupyterHub's server extension)
 does for scirepo's hub, without importing the `jupyterhub` package: that import alone
 (SQLAlchemy, Alembic, the hub's ORM, pulled in by jupyterhub.services.auth, .utils and
-.log) costs every idle server about 45 MiB and every start about 0.4 s. Same protocol,
+.log) costs every idle server about 40 MiB and slows every start (`make bench`). Same protocol,
 same environment (the JUPYTERHUB_* variables the spawner sets), same URLs:
 
 - a request is authenticated by a hub token in the `Authorization: token|bearer` header
