@@ -9,6 +9,8 @@ state, a foreign `next` and a logout do what they must.
 
 from __future__ import annotations
 
+import os
+import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -116,6 +118,34 @@ def test_oauth_login_keeps_the_token_in_a_path_cookie_and_needs_xsrf(owner):
     )
     assert res.status_code == 201, res.text
     assert owner.server("DELETE", "api/contents/xsrf.txt").status_code == 204
+
+
+def test_an_xsrf_cookie_planted_by_another_page_does_not_count(owner):
+    """Cookie tossing: all servers share one origin, so a page of another user's server can
+    set an `_xsrf` cookie on this server's path and send the same value in the header.
+    Only the XSRF token tied to the login passes; the next page load restores it."""
+    session = browser(owner)
+    assert oauth_login(owner, session).status_code == 200
+    path = f"/user/{owner.name}/"
+    planted = f"2|00000000|{os.urandom(16).hex()}|{int(time.time())}"  # tornado's format
+    (own,) = [c for c in session.cookies if c.name == "_xsrf" and c.path == path]
+    session.cookies.set("_xsrf", planted, path=path, domain=own.domain)
+    # The planted cookie is the only one sent: tornado's own check alone would pass.
+    assert [c.value for c in session.cookies if c.name == "_xsrf" and c.path == path] == [planted]
+    body = {"type": "file", "format": "text", "content": "x"}
+    url = server_url(owner, "api/contents/tossed.txt")
+    res = session.put(
+        url, json=body, headers={"X-XSRFToken": planted}, verify=owner.cafile, timeout=60
+    )
+    assert res.status_code == 403
+    assert oauth_login(owner, session).status_code == 200  # a page load: the right cookie
+    xsrf = session.cookies.get("_xsrf", path=path)
+    assert xsrf != planted
+    res = session.put(
+        url, json=body, headers={"X-XSRFToken": xsrf}, verify=owner.cafile, timeout=60
+    )
+    assert res.status_code == 201, res.text
+    assert owner.server("DELETE", "api/contents/tossed.txt").status_code == 204
 
 
 def test_another_user_logged_in_to_the_hub_gets_no_cookie_and_a_403(owner, other):

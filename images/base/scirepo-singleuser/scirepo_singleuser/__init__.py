@@ -14,7 +14,8 @@ same environment (the JUPYTERHUB_* variables the spawner sets), same URLs:
 - a browser without a cookie goes through the hub's OAuth (authorization code with PKCE,
   a state cookie bound to the request); /oauth_callback trades the code for a token and
   keeps it in a signed, HttpOnly cookie limited to the server's path, Secure on HTTPS;
-- requests authenticated by cookie need Jupyter Server's XSRF token (its own checks);
+- requests authenticated by cookie need Jupyter Server's XSRF token (its own checks), which
+  is tied to the login so that another server on the same origin cannot plant one;
 - /logout clears the cookie and goes on to the hub's logout;
 - the server's last activity is posted to the hub every $JUPYTERHUB_ACTIVITY_INTERVAL s;
 - JupyterLab's page config carries the hub's URLs (its Hub menu) and the user's token.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -297,6 +299,8 @@ class HubIdentityProvider(IdentityProvider):
                 if model is None:
                     self.log.info("the token in the login cookie is no longer valid")
                     self.clear_cookie(handler)
+                else:
+                    self._bind_xsrf(handler, token)
         if model is None:
             return None
         if not has_access(model.get("scopes", ()), self.hub.access_scopes):
@@ -311,6 +315,28 @@ class HubIdentityProvider(IdentityProvider):
         if getattr(handler, "_token_authenticated", False) and handler.get_argument("token", ""):
             self._keep_url_token(handler, token)
         return handler._hub_user
+
+    def _bind_xsrf(self, handler, token: str) -> None:
+        """Tie the XSRF token of a cookie login to that login's token.
+
+        Tornado's check compares the `_xsrf` cookie with the X-XSRFToken header. All servers
+        share one origin, so a page of another user's server could set an `_xsrf` cookie
+        on this server's path and send the same value (cookie tossing). Here the token
+        that counts is an HMAC of the login's token with the server's cookie secret: a
+        cookie that does not carry it is ignored, and tornado sets the right one the next
+        time a page asks for the XSRF token. (Uses tornado's `_decode_xsrf_token` and
+        `_raw_xsrf_token`; tornado is pinned in the lock and the tests toss a cookie.)
+        """
+        secret = handler.settings["cookie_secret"]
+        secret = secret if isinstance(secret, bytes) else secret.encode()
+        want = hmac.new(secret, b"xsrf:" + token.encode("utf-8", "replace"), "sha256").digest()
+        want = want[:16]
+        cookie = handler.get_cookie(handler.settings.get("xsrf_cookie_name", "_xsrf"))
+        version, raw, stamp = handler._decode_xsrf_token(cookie) if cookie else (None, None, None)
+        if raw is not None and hmac.compare_digest(raw, want):
+            handler._raw_xsrf_token = (version, raw, stamp)
+        else:
+            handler._raw_xsrf_token = (None, want, time.time())
 
     def _keep_url_token(self, handler, token: str) -> None:
         """A page opened with ?token= stays logged in: the token goes into the cookie
