@@ -132,6 +132,26 @@ for next_url, want in [
     ('', '/user/ann/'),
 ]:
     assert ip.safe_next(next_url) == want, (next_url, ip.safe_next(next_url))
+# Logins begun by anyone stay bounded in memory; the newest ones survive.
+class Request:
+    protocol = 'https'
+
+
+class Handler:
+    request = Request()
+
+    def set_secure_cookie(self, *args, **kwargs):
+        pass
+
+
+ip.states = {}
+urls = [ip.begin_login(Handler(), '/user/ann/lab') for _ in range(su.STATES_MAX + 50)]
+assert len(ip.states) == su.STATES_MAX
+newest = dict(p.split('=', 1) for p in urls[-1].split('?', 1)[1].split('&'))['state']
+assert newest in ip.states
+entries = dict.fromkeys(range(10))
+su._keep_newest(entries, 3)
+assert list(entries) == [7, 8, 9]
 print('ok')
 """
 

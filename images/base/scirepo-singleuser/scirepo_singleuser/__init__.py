@@ -32,6 +32,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import random
@@ -59,6 +60,10 @@ except ImportError:  # jupyter_server < 2.13: every handler may be reached unaut
 
 CACHE_SECONDS = 300  # how long a token's hub answer is trusted (jupyterhub's default)
 STATE_SECONDS = 600  # how long an OAuth login may take
+# Anyone who reaches the proxy can send tokens and start logins: neither may grow the
+# server's memory without bound. The oldest entries go first.
+CACHE_MAX = 1000  # hub answers kept
+STATES_MAX = 100  # logins under way
 CSP = "frame-ancestors 'none'"
 
 
@@ -69,6 +74,12 @@ def _hub_version() -> str:
         return version("jupyterhub")
     except PackageNotFoundError:
         return ""
+
+
+def _keep_newest(entries: dict, limit: int) -> None:
+    """Drop the oldest entries of the insertion-ordered `entries` beyond `limit`."""
+    for key in list(itertools.islice(entries, max(0, len(entries) - limit))):
+        del entries[key]
 
 
 class ConfigError(RuntimeError):
@@ -200,9 +211,11 @@ class HubClient:
         model = await self._request(
             self.hub.api_url + "/user", headers={"Authorization": f"token {token}"}
         )
-        if len(self._cache) > 1000:
+        if len(self._cache) >= CACHE_MAX:
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
+        self._cache.pop(key, None)  # a renewed answer counts as the newest
         self._cache[key] = (now, model)
+        _keep_newest(self._cache, CACHE_MAX)
         return model
 
     def forget(self, token: str) -> None:
@@ -385,6 +398,7 @@ class HubIdentityProvider(IdentityProvider):
         verifier = secrets.token_urlsafe(32)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         self.states[state] = {"t": now, "next": self.safe_next(next_url), "verifier": verifier}
+        _keep_newest(self.states, STATES_MAX)
         handler.set_secure_cookie(
             self.hub.state_cookie_name,
             state,
