@@ -176,6 +176,10 @@ class HubUser(User):
         super().__init__(username=model["name"])
 
 
+def _cache_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
 class HubClient:
     """Calls to the hub's REST API: who owns a token (cached), tokens for OAuth codes,
     activity."""
@@ -186,16 +190,17 @@ class HubClient:
         self.http = AsyncHTTPClient()
         self._cache: dict[str, tuple[float, dict | None]] = {}
 
-    async def _request(self, url: str, **kwargs) -> dict | None:
-        """The JSON answer of the hub, None on 401/403, HTTP 502 when the hub fails."""
+    async def _request(self, url: str, headers: dict, **kwargs) -> dict | None:
+        """The JSON answer of the hub, None on 401/403, HTTP 502 when the hub fails.
+        Authorized with the server's own token unless `headers` names another."""
+        headers = {"Authorization": f"token {self.hub.api_token}", **headers}
         try:
-            res = await self.http.fetch(HTTPRequest(url, request_timeout=30, **kwargs))
-        except HTTPClientError as e:
-            if e.code in (401, 403):
+            res = await self.http.fetch(
+                HTTPRequest(url, headers=headers, request_timeout=30, **kwargs)
+            )
+        except (HTTPClientError, OSError) as e:
+            if getattr(e, "code", None) in (401, 403):
                 return None
-            self.log.error("hub request %s failed: %s", url, e)
-            raise web.HTTPError(502, "the hub did not answer") from e
-        except OSError as e:
             self.log.error("hub request %s failed: %s", url, e)
             raise web.HTTPError(502, "the hub did not answer") from e
         return json.loads(res.body) if res.body else {}
@@ -203,7 +208,7 @@ class HubClient:
     async def user_for_token(self, token: str) -> dict | None:
         """The hub's model of the owner of `token` with the token's scopes; None when the
         hub does not know the token."""
-        key = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        key = _cache_key(token)
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached and now - cached[0] < CACHE_SECONDS:
@@ -211,15 +216,13 @@ class HubClient:
         model = await self._request(
             self.hub.api_url + "/user", headers={"Authorization": f"token {token}"}
         )
-        if len(self._cache) >= CACHE_MAX:
-            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
         self._cache.pop(key, None)  # a renewed answer counts as the newest
         self._cache[key] = (now, model)
         _keep_newest(self._cache, CACHE_MAX)
         return model
 
     def forget(self, token: str) -> None:
-        self._cache.pop(hashlib.sha256(token.encode("utf-8", "replace")).hexdigest(), None)
+        self._cache.pop(_cache_key(token), None)
 
     async def token_for_code(self, code: str, verifier: str) -> str:
         params = {
@@ -234,10 +237,7 @@ class HubClient:
             self.hub.api_url + "/oauth2/token",
             method="POST",
             body=urlencode(params),
-            headers={
-                "Authorization": f"token {self.hub.api_token}",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         if not reply or not reply.get("access_token"):
             raise web.HTTPError(403, "the hub refused the login code")
@@ -251,10 +251,7 @@ class HubClient:
             self.hub.activity_url,
             method="POST",
             body=json.dumps(body),
-            headers={
-                "Authorization": f"token {self.hub.api_token}",
-                "Content-Type": "application/json",
-            },
+            headers={"Content-Type": "application/json"},
         )
 
 
@@ -316,7 +313,7 @@ class HubIdentityProvider(IdentityProvider):
                     self._bind_xsrf(handler, token)
         if model is None:
             return None
-        if not has_access(model.get("scopes", ()), self.hub.access_scopes):
+        if not self.allowed(model):
             self.log.warning("%s %s may not use this server", model.get("kind"), model.get("name"))
 
             def refuse(*args, **kwargs):
@@ -328,6 +325,10 @@ class HubIdentityProvider(IdentityProvider):
         if getattr(handler, "_token_authenticated", False) and handler.get_argument("token", ""):
             self._keep_url_token(handler, token)
         return handler._hub_user
+
+    def allowed(self, model: dict) -> bool:
+        """Whether the hub's model of a token grants one of this server's access scopes."""
+        return has_access(model.get("scopes", ()), self.hub.access_scopes)
 
     def _bind_xsrf(self, handler, token: str) -> None:
         """Tie the XSRF token of a cookie login to that login's token.
@@ -478,7 +479,7 @@ class HubOAuthCallbackHandler(JupyterHandler):
             raise web.HTTPError(400, "no OAuth code")
         token = await ip.client.token_for_code(code, login["verifier"])
         model = await ip.client.user_for_token(token)
-        if not model or not has_access(model.get("scopes", ()), ip.hub.access_scopes):
+        if not model or not ip.allowed(model):
             name = model.get("name") if model else "this login"
             raise web.HTTPError(403, f"{name} may not use this server")
         ip.set_cookie(self, token)
