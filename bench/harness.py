@@ -261,21 +261,30 @@ def _login_to_lab(chromium, url: str, name: str, password: str, deadline: float 
         # appears (submitted at once with the default stack, as a person in a hurry);
         # a hub may also land on its home page (started with its Start button).
         launcher = page.locator("#jp-main-dock-panel .jp-LauncherCard").first
-        form = page.locator("#spawn_form [type=submit]")
-        start = page.locator("#start")
-        clicked = set()
-        while not _visible_within(launcher, 250):
-            if time.perf_counter() - t0 > deadline:
+        buttons = {
+            "form": page.locator("#spawn_form [type=submit]"),
+            "start": page.locator("#start"),
+        }
+        while True:
+            left = deadline - (time.perf_counter() - t0)
+            if left <= 0:
                 raise RuntimeError(f"no JupyterLab for {name} after {deadline} s ({page.url})")
-            for key, button in (("form", form), ("start", start)):
-                if key in clicked or "/hub/" not in page.url:
-                    continue
+            # Wait (event-driven, in the page) for JupyterLab or a button not clicked yet,
+            # whichever shows first: a button costs no polling delay.
+            either = launcher
+            for button in buttons.values():
+                either = either.or_(button)
+            if not _visible_within(either.first, int(min(left, 5) * 1000)):
+                continue
+            if launcher.is_visible():
+                break
+            for key, button in list(buttons.items()):
                 try:
-                    if button.count():
+                    if "/hub/" in page.url and button.first.is_visible():
                         button.first.click(timeout=5_000)
-                        clicked.add(key)
+                        del buttons[key]
                 except PlaywrightError:
-                    continue  # the page navigated meanwhile: look again next time
+                    continue  # the page navigated meanwhile: look again
         return time.perf_counter() - t0
     finally:
         context.close()

@@ -249,7 +249,7 @@ def test_no_sudo(image):
     assert res.stdout.strip() == ""
 
 
-def test_jupyterlab_serves_its_api_as_the_user(image, home):
+def test_jupyterlab_serves_its_api_and_extension_as_the_user(image, home):
     name = f"scirepo-test-{uuid.uuid4().hex[:8]}"
     lab = ["jupyter", "lab", "--no-browser", "--port", "8888", "--ServerApp.token=x"]
     # All interfaces of the container's own network namespace; published on loopback only.
@@ -269,11 +269,28 @@ def test_jupyterlab_serves_its_api_as_the_user(image, home):
         # Every process in the container, PID 1 (tini) included, runs as the user.
         top = docker("top", name, "-o", "uid,pid,comm").stdout.splitlines()[1:]
         assert top and all(line.split()[0] == str(UID) for line in top), top
+        # JupyterLab offers scirepo's own extension to the page, and serves its code.
+        base = f"http://127.0.0.1:{port}"
+        page = _get(f"{base}/lab")
+        config = r'<script id="jupyter-config-data" type="application/json">(.*?)</script>'
+        found = re.search(config, page, re.S)
+        assert found, page[:500]
+        federated = json.loads(found.group(1))["federated_extensions"]
+        mine = [e for e in federated if e["name"] == "scirepo-lab"]
+        assert mine and mine[0]["extension"] == "./extension", federated
+        code = _get(f"{base}/lab/extensions/scirepo-lab/{mine[0]['load']}")
+        assert "containers[NAME] = {" in code and '"launcher:create"' in code
     except BaseException:
         print(docker("logs", name, check=False).stderr[-3000:])
         raise
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def _get(url: str) -> str:
+    req = urllib.request.Request(url, headers={"Authorization": "token x"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback test
+        return r.read().decode()
 
 
 def test_server_starts_without_the_slow_optional_imports(image):

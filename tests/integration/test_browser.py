@@ -87,3 +87,53 @@ def test_choosing_the_older_obspy_stack_gives_that_obspy(browser, users, hub_url
     finally:
         page.close()
     assert out.strip("'") == want
+
+
+def test_launcher_does_not_wait_for_the_workspace_save(browser, users, hub_url, cfg):
+    """scirepo-lab opens the launcher once the layout is restored. JupyterLab itself opens
+    it only after the workspace is saved: with every save held back, only the extension can
+    show it. Once saves go through there is one launcher, not two; and a URL that opens a
+    document gets that document and no launcher."""
+    name, password = users.add("w")
+    client = ssh_client(cfg, name, password)
+    try:
+        rc, _, err = ssh_run(client, "echo 'kept in the workspace' > ~/workspace/notes.txt")
+    finally:
+        client.close()
+    assert rc == 0, err
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    held = []
+
+    def hold(route):
+        if route.request.method == "PUT":
+            held.append(route)  # answered only at the end of the first part
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/lab/api/workspaces/"), hold)
+    try:
+        open_lab(page, hub_url, name, password)  # the launcher is there, no save is through
+        # JupyterLab does save (its debouncer is due now): the hold was real.
+        deadline = time.monotonic() + 30
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert held, "JupyterLab saved no workspace: the hold proves nothing"
+        assert page.locator(".jp-FileBrowser.jp-mod-restoring").count() == 1
+        for route in held:
+            route.continue_()
+        page.unroute(re.compile(r"/lab/api/workspaces/"))
+        # Saves go through now. JupyterLab's own check runs as the file browser leaves its
+        # restoring state; a second launcher would be there a moment later.
+        page.wait_for_selector(".jp-FileBrowser:not(.jp-mod-restoring) .jp-DirListing-item",
+                               timeout=60_000)  # fmt: skip
+        page.wait_for_timeout(1500)
+        assert page.locator(".jp-Launcher").count() == 1
+        # A new workspace (no saved layout) at a URL that opens a file: the file, alone.
+        page.goto(f"{hub_url}/user/{name}/lab/workspaces/w2/tree/workspace/notes.txt")
+        page.get_by_text("kept in the workspace").wait_for(timeout=60_000)
+        page.wait_for_selector(".jp-FileBrowser:not(.jp-mod-restoring)", timeout=60_000)
+        page.wait_for_timeout(1500)
+        assert page.locator(".jp-Launcher").count() == 0
+    finally:
+        page.screenshot(path=str(SHOTS / "launcher.png"))
+        page.close()
