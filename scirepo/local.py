@@ -328,19 +328,24 @@ def down(site: Path) -> int:
     return 0
 
 
-def clean(site: Path) -> int:
-    """Remove the host, its Docker volume, the registry and the local state (not the CA)."""
+def clean(site: Path, keep_images: bool = False) -> int:
+    """Remove the host, its Docker volume, the registry and the local state (not the CA).
+    With `keep_images`, the registry's images stay: the registry stands for one on the
+    network, not for a part of the host, and the next `up` then pushes nothing new (a
+    new host in about 5 minutes less on the 2-core machines)."""
     cfg = siteconfig.resolve(siteconfig.load(site))
     if docker_ok():
         subprocess.run([DOCKER, "rm", "-f", cfg["local"]["container"]], capture_output=True)
         subprocess.run([DOCKER, "volume", "rm", "-f", _volume(cfg)], capture_output=True)
     registry.stop()
-    registry.remove_data()
+    if not keep_images:
+        registry.remove_data()
     mailcatcher.stop()
     shutil.rmtree(mailcatcher.DIR, ignore_errors=True)
     shutil.rmtree(LOCAL, ignore_errors=True)
     shutil.rmtree(REPO / "build", ignore_errors=True)
-    progress.say("local host removed (the CA in .scirepo/tls is kept)")
+    kept = "the CA in .scirepo/tls" + (" and the registry's images" if keep_images else "")
+    progress.say(f"local host removed ({kept} kept)")
     return 0
 
 
@@ -369,6 +374,13 @@ def register(subparsers) -> None:
                 "--no-health", action="store_true", help="skip the health check after the deploy"
             )
             s.set_defaults(func=lambda a: up(a.site, health=not a.no_health))
+        if verb == "clean":
+            s.add_argument(
+                "--keep-images",
+                action="store_true",
+                help="keep the images in the local registry (the next up pushes nothing new)",
+            )
+            s.set_defaults(func=lambda a: clean(a.site, keep_images=a.keep_images))
     s = sub.add_parser("exec", help="run a command as root on the local host")
     s.add_argument("--site", type=Path, default=Path("site.yml"))
     s.add_argument("command", nargs="+")
