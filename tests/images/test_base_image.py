@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.error
 import urllib.request
 import uuid
 
@@ -275,11 +276,23 @@ def test_jupyterlab_serves_its_api_and_extension_as_the_user(image, home):
         config = r'<script id="jupyter-config-data" type="application/json">(.*?)</script>'
         found = re.search(config, page, re.S)
         assert found, page[:500]
-        federated = json.loads(found.group(1))["federated_extensions"]
+        page_config = json.loads(found.group(1))
+        federated = page_config["federated_extensions"]
         mine = [e for e in federated if e["name"] == "scirepo-lab"]
         assert mine and mine[0]["extension"] == "./extension", federated
         code = _get(f"{base}/lab/extensions/scirepo-lab/{mine[0]['load']}")
         assert "containers[NAME] = {" in code and '"launcher:create"' in code
+        # JupyterLab's language-server plugins are off, as is the server extension they
+        # would ask (jupyter_lsp): no /lsp/status request that can only get a 404.
+        lsp = {
+            "@jupyterlab/lsp-extension",
+            "@jupyterlab/notebook-extension:language-server",
+            "@jupyterlab/fileeditor-extension:language-server",
+        }
+        assert lsp <= set(page_config["disabledExtensions"]), page_config["disabledExtensions"]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            _get(f"{base}/lsp/status")
+        assert missing.value.code == 404
     except BaseException:
         print(docker("logs", name, check=False).stderr[-3000:])
         raise

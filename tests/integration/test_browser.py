@@ -47,8 +47,18 @@ def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_u
     name, password = users.add("c")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     SHOTS.mkdir(parents=True, exist_ok=True)
+    # What goes wrong on the way, as a person's browser console would show it.
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    page.on(
+        "response",
+        lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
     try:
         open_lab(page, hub_url, name, password)
+        page.wait_for_load_state("networkidle")
+        assert problems == [], problems
         page.screenshot(path=str(SHOTS / "jupyterlab.png"))
         code = "open('workspace/from-browser.txt', 'w').write('written in a cell')"
         out = run_first_cell(page, code)
