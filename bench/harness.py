@@ -14,7 +14,10 @@ waiting on the network); every latency list is summarised by `summary`.
 - `browser`: headless Chromium from the login form's submit until JupyterLab's main area
   shows the Launcher (first `.jp-LauncherCard` visible: a fresh JupyterLab opens the
   Launcher there, and draws its cards only once the server has sent the kernel specs);
-  once with no server running (the spawn is part of it) and once with the server up.
+  once with no server running (the spawn is part of it) and once with the server up,
+  each in a new browser context (no cookies, no cache: a person's first visit); then as a
+  returning user: a browser profile on disk that has shown this user's JupyterLab before
+  (its HTTP and compiled-code caches), its cookies gone (logged out), no server running.
 - `load`: M simulated users, started over a ramp, each logging in, starting a server,
   running a cell and stopping the server, as hubtraf does; errors per step and latency
   percentiles per step.
@@ -23,6 +26,7 @@ waiting on the network); every latency list is summarised by `summary`.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -213,43 +217,77 @@ def capacity_verified(target: Target, budget_mib: float, limit: int) -> dict:
 
 
 def browser(target: Target, rounds: int) -> dict:
-    """Login form submit to a rendered JupyterLab, without and with a running server."""
+    """Login form submit to a rendered JupyterLab: a first visit without and with a running
+    server, and a returning browser without a running server."""
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: scripts/bootstrap installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
-    cold, warm = [], []
+    cold, warm, returning = [], [], []
     users = target.new_users(rounds)
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", *target.browser_args(),
+    ]  # fmt: skip
+
+    def report(kind: str, seconds: float) -> None:
+        print(f"  {target.name}: login to JupyterLab ({kind}) {seconds:.2f} s", flush=True)
+
     with sync_playwright() as pw:
-        # Playwright gives the browser a fresh temporary profile of its own.
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", *target.browser_args(),
-            ],
-        )  # fmt: skip
+        # Playwright gives this browser a fresh temporary profile of its own.
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
             for name, password in users:
-                # A new context each time: no cookies, as a person arriving.
-                for into in (cold, warm):
-                    into.append(_login_to_lab(chromium, target.url, name, password))
-                    print(f"  {target.name}: login to JupyterLab "
-                          f"({'no server' if into is cold else 'server up'}) "
-                          f"{into[-1]:.2f} s", flush=True)  # fmt: skip
-                hub = target.client(name)
-                if hub.login(password):
-                    stop_all([hub])
+                # A new context each time: no cookies, no cache, as a person arriving.
+                for into, kind in ((cold, "no server"), (warm, "server up")):
+                    context = chromium.new_context(viewport=VIEWPORT)
+                    try:
+                        into.append(_login_to_lab(context, target.url, name, password))
+                    finally:
+                        context.close()
+                    report(kind, into[-1])
+                _stop_server(target, name, password)
         finally:
             chromium.close()
-    return {"login_lab_cold": summary(cold), "login_lab_warm": summary(warm)}
+        for name, password in users:
+            # A profile on disk, as a person's own browser: the first visit fills its
+            # caches (not counted); then logged out (no cookies), the server stopped.
+            with tempfile.TemporaryDirectory(prefix="scirepo-bench-profile-") as profile:
+                context = pw.chromium.launch_persistent_context(
+                    profile, executable_path=str(CHROMIUM), args=args, viewport=VIEWPORT
+                )
+                try:
+                    _login_to_lab(context, target.url, name, password)
+                    _stop_server(target, name, password)
+                    context.clear_cookies()
+                    returning.append(_login_to_lab(context, target.url, name, password))
+                    report("no server, returning browser", returning[-1])
+                finally:
+                    context.close()
+            _stop_server(target, name, password)
+    return {
+        "login_lab_cold": summary(cold),
+        "login_lab_warm": summary(warm),
+        "login_lab_returning": summary(returning),
+    }
 
 
-def _login_to_lab(chromium, url: str, name: str, password: str, deadline: float = 180) -> float:
+VIEWPORT = {"width": 1280, "height": 900}
+
+
+def _stop_server(target: Target, name: str, password: str) -> None:
+    hub = target.client(name)
+    if not hub.login(password):
+        raise RuntimeError(f"{name} cannot log in to the hub API to stop the server")
+    stop_all([hub])
+
+
+def _login_to_lab(context, url: str, name: str, password: str, deadline: float = 180) -> float:
+    """Seconds from the login form's submit to JupyterLab's first Launcher card, in a new
+    page of `context` (the page is closed afterwards; the context is the caller's)."""
     from playwright.sync_api import Error as PlaywrightError
 
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
         page.goto(f"{url}/hub/login", timeout=60_000)
@@ -287,7 +325,7 @@ def _login_to_lab(chromium, url: str, name: str, password: str, deadline: float 
                     continue  # the page navigated meanwhile: look again
         return time.perf_counter() - t0
     finally:
-        context.close()
+        page.close()
 
 
 def _visible_within(locator, ms: int) -> bool:

@@ -19,7 +19,8 @@ Figures (--figures, comma separated; the default is all but the last two):
   many      N users at once for each --n; memory of idle servers, hub and proxy
   capacity  idle servers within --budget-mib, from the `many` figures of the largest N
             (--verify-capacity also starts servers one by one until the budget is spent)
-  browser   login form submit to rendered JupyterLab in headless Chromium
+  browser   login form submit to rendered JupyterLab in headless Chromium: a first
+            visit with no server and with the server up, a returning browser
   load      --users simulated users over --ramp seconds: login, start, run a cell, stop
   accounts  approval to SSH login (scirepo only; runs bench/accounts.py, which needs
             --root to be this tree)
@@ -266,6 +267,9 @@ def rows_of(results: dict, args: argparse.Namespace) -> list[dict]:
          ("browser", "login_lab_cold", "p50")),
         ("login_lab_warm_p50", "login to JupyterLab, server up, p50 (s)",
          ("browser", "login_lab_warm", "p50")),
+        ("login_lab_returning_p50",
+         "login to JupyterLab, no server, returning browser, p50 (s)",
+         ("browser", "login_lab_returning", "p50")),
         ("load_errors", f"load, {args.users} users: errors", ("load", "errors")),
     ]  # fmt: skip
     for step in harness.STEPS:

@@ -84,3 +84,21 @@ def test_table_puts_deployments_side_by_side_with_ratio_and_verdict():
     assert rows["load_errors"]["pass"] is True
     assert rows["load_errors"]["ratio"] == 0.0
     assert "login_lab_cold_p50" not in rows  # not measured: no row
+
+
+def test_browser_figures_have_rows_and_only_the_first_visit_a_target():
+    args = run.parse_args(["--figures", "browser"])
+    browser = {
+        "login_lab_cold": {"p50": 5.5},
+        "login_lab_warm": {"p50": 3.5},
+        "login_lab_returning": {"p50": 2.9},
+    }
+    stock = {"login_lab_cold": {"p50": 6.6}, "login_lab_warm": {"p50": 3.9}}
+    results = {"scirepo": {"browser": browser}, "stock": {"browser": stock}}
+    rows = {r["key"]: r for r in run.rows_of(results, args)}
+    assert rows["login_lab_cold_p50"]["pass"] is False  # 5.5 s against < 3 s
+    assert rows["login_lab_returning_p50"]["scirepo"] == 2.9
+    assert rows["login_lab_returning_p50"]["stock"] is None  # not measured there
+    assert rows["login_lab_returning_p50"]["ratio"] is None
+    assert rows["login_lab_returning_p50"]["target"] is None
+    assert "returning browser" in rows["login_lab_returning_p50"]["figure"]
