@@ -305,11 +305,12 @@ def _fmt(value) -> str:
 
 
 def print_table(rows: list[dict], results: dict) -> None:
-    print(f"\n{'figure':<42} {'scirepo':>8} {'stock':>8} {'ratio':>6} {'target':>8}  result")
+    w = max([42, *(len(r["figure"]) for r in rows)])
+    print(f"\n{'figure':<{w}} {'scirepo':>8} {'stock':>8} {'ratio':>6} {'target':>8}  result")
     for r in rows:
         target = f"{r['target'][0]} {r['target'][1]}" if r["target"] else "-"
         verdict = {True: "pass", False: "FAIL", None: ""}[r["pass"]]
-        print(f"{r['figure']:<42} {_fmt(r['scirepo']):>8} {_fmt(r['stock']):>8} "
+        print(f"{r['figure']:<{w}} {_fmt(r['scirepo']):>8} {_fmt(r['stock']):>8} "
               f"{_fmt(r['ratio']):>6} {target:>8}  {verdict}")  # fmt: skip
     for name, res in results.items():
         for figure, err in res.get("errors", {}).items():
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [args.only] if args.only else ["scirepo", "stock"]
     results: dict = {}
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    probe_before = cpu_probe()
     for name in chosen:
         try:
             if name == "scirepo":
@@ -331,14 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - the other deployment is still measured
             print(f"{name}: cannot be measured: {err}", file=sys.stderr)
             results[name] = {"errors": {"setup": f"{type(err).__name__}: {err}"}}
+    probe_after = cpu_probe()
     rows = rows_of(results, args)
     print_table(rows, results)
+    print(f"\nCPU probe ({PROBE_STEPS:,} steps of a Python loop): {probe_before:.2f} s before, "
+          f"{probe_after:.2f} s after; compare runs only at a like probe")  # fmt: skip
     report = {
         "started": started,
         "machine": {
             "cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
             "mem_total_mib": _mem_total_mib(),
+            "cpu_probe_s": {"before": probe_before, "after": probe_after},
         },  # fmt: skip
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
@@ -349,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwritten to {args.out}")
     failed = any(r.get("errors") for r in results.values())
     return 1 if failed else 0
+
+
+PROBE_STEPS = 10_000_000
+
+
+def cpu_probe(steps: int = PROBE_STEPS) -> float:
+    """Seconds of a fixed pure-Python loop on this machine, now: the same figures differ
+    by half from one hour to the next on shared virtual machines, and so does this."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(steps):
+        total += i
+    return time.perf_counter() - t0
 
 
 def _mem_total_mib() -> float | None:

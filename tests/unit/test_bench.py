@@ -102,3 +102,8 @@ def test_browser_figures_have_rows_and_only_the_first_visit_a_target():
     assert rows["login_lab_returning_p50"]["ratio"] is None
     assert rows["login_lab_returning_p50"]["target"] is None
     assert "returning browser" in rows["login_lab_returning_p50"]["figure"]
+
+
+def test_cpu_probe_times_the_loop_it_is_given():
+    short = run.cpu_probe(10_000)
+    assert isinstance(short, float) and short > 0
