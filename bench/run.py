@@ -322,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [args.only] if args.only else ["scirepo", "stock"]
     results: dict = {}
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    probe_before = cpu_probe()
+    probes: dict[str, dict[str, float]] = {}
     for name in chosen:
+        probes[name] = {"before": cpu_probe()}
         try:
             if name == "scirepo":
                 target: targets.Target = targets.Scirepo(args.root, args.site)
@@ -333,18 +334,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - the other deployment is still measured
             print(f"{name}: cannot be measured: {err}", file=sys.stderr)
             results[name] = {"errors": {"setup": f"{type(err).__name__}: {err}"}}
-    probe_after = cpu_probe()
+        probes[name]["after"] = cpu_probe()
     rows = rows_of(results, args)
     print_table(rows, results)
-    print(f"\nCPU probe ({PROBE_STEPS:,} steps of a Python loop): {probe_before:.2f} s before, "
-          f"{probe_after:.2f} s after; compare runs only at a like probe")  # fmt: skip
+    print(f"\nCPU probe, seconds of a {PROBE_STEPS:,}-step Python loop before and after each "
+          "deployment's turn (compare figures only at like probes):")  # fmt: skip
+    for name, probe in probes.items():
+        print(f"  {name}: {probe['before']:.2f} s before, {probe['after']:.2f} s after")
     report = {
         "started": started,
         "machine": {
             "cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
             "mem_total_mib": _mem_total_mib(),
-            "cpu_probe_s": {"before": probe_before, "after": probe_after},
+            "cpu_probe_s": probes,
         },  # fmt: skip
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
