@@ -38,6 +38,7 @@ from targets import Target
 from scirepo.hubclient import HubUser
 
 CHROMIUM = Path("/usr/bin/chromium")
+VIEWPORT = {"width": 1280, "height": 900}
 SPAWN_DEADLINE = 180.0
 
 
@@ -65,18 +66,19 @@ def summary(values: list[float]) -> dict:
     }
 
 
+def api_login(target: Target, name: str, password: str) -> HubUser:
+    """`name`'s session with the hub's API (not timed); a refused login is an error."""
+    hub = target.client(name)
+    if not hub.login(password):
+        raise RuntimeError(f"{target.name}: {name} cannot log in")
+    return hub
+
+
 def logged_in(target: Target, n: int) -> list[HubUser]:
     """n new users of the target, logged in (not timed)."""
     users = target.new_users(n)
-
-    def login(pair: tuple[str, str]) -> HubUser:
-        hub = target.client(pair[0])
-        if not hub.login(pair[1]):
-            raise RuntimeError(f"{target.name}: {pair[0]} cannot log in")
-        return hub
-
     with ThreadPoolExecutor(min(n, 8)) as pool:
-        return list(pool.map(login, users))
+        return list(pool.map(lambda pair: api_login(target, *pair), users))
 
 
 def stop_all(hubs: list[HubUser]) -> None:
@@ -225,6 +227,8 @@ def browser(target: Target, rounds: int) -> dict:
 
     cold, warm, returning = [], [], []
     users = target.new_users(rounds)
+    # Each user's API session, to stop the server between logins (the browser's are apart).
+    hubs = {name: api_login(target, name, password) for name, password in users}
     args = [
         "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--disable-component-update",
@@ -247,7 +251,7 @@ def browser(target: Target, rounds: int) -> dict:
                     finally:
                         context.close()
                     report(kind, into[-1])
-                _stop_server(target, name, password)
+                stop_all([hubs[name]])
         finally:
             chromium.close()
         for name, password in users:
@@ -259,28 +263,18 @@ def browser(target: Target, rounds: int) -> dict:
                 )
                 try:
                     _login_to_lab(context, target.url, name, password)
-                    _stop_server(target, name, password)
+                    stop_all([hubs[name]])
                     context.clear_cookies()
                     returning.append(_login_to_lab(context, target.url, name, password))
                     report("no server, returning browser", returning[-1])
                 finally:
                     context.close()
-            _stop_server(target, name, password)
+            stop_all([hubs[name]])
     return {
         "login_lab_cold": summary(cold),
         "login_lab_warm": summary(warm),
         "login_lab_returning": summary(returning),
     }
-
-
-VIEWPORT = {"width": 1280, "height": 900}
-
-
-def _stop_server(target: Target, name: str, password: str) -> None:
-    hub = target.client(name)
-    if not hub.login(password):
-        raise RuntimeError(f"{name} cannot log in to the hub API to stop the server")
-    stop_all([hub])
 
 
 def _login_to_lab(context, url: str, name: str, password: str, deadline: float = 180) -> float:

@@ -364,8 +364,8 @@ PROBE_STEPS = 10_000_000
 
 
 def cpu_probe(steps: int = PROBE_STEPS) -> float:
-    """Seconds of a fixed pure-Python loop on this machine, now: the same figures differ
-    by half from one hour to the next on shared virtual machines, and so does this."""
+    """Seconds of a fixed pure-Python loop on this machine, now: on shared virtual
+    machines the same figures can differ twofold within the hour, and so does this."""
     t0 = time.perf_counter()
     total = 0
     for i in range(steps):
