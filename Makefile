@@ -54,7 +54,8 @@ lint: $(STAMP) ## ruff, yamllint, shellcheck, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/yamllint -s .
-	$(VENV)/bin/shellcheck scripts/bootstrap .ci/run images/base/scirepo-start
+	$(VENV)/bin/shellcheck scripts/bootstrap .ci/run images/base/scirepo-start \
+	  ansible/roles/hub/files/scirepo-lab-static
 	$(VENV)/bin/hadolint images/*/Dockerfile images/stack.Dockerfile hub/Dockerfile local/host/Dockerfile
 
 bench: $(STAMP) $(SITE) ## Benchmark the local host against stock JupyterHub (BENCH_ARGS="--n 5,10 ...")

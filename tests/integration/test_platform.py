@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 import ssl
@@ -62,6 +64,52 @@ def test_static_files_are_compressed_pages_are_not(hub_url, cafile):
     plain = {"Accept-Encoding": "identity"}
     raw = requests.get(f"{hub_url}{script}", headers=plain, verify=cafile, timeout=30)
     assert raw.content == res.content and "Content-Encoding" not in raw.headers
+
+
+LAB_STATIC = "/opt/venv/share/jupyter/lab/static"  # in the images
+HASHED_SCRIPT = re.compile(r"[A-Za-z0-9_-]+\.[0-9a-f]{16,}\.js")
+
+
+def test_lab_scripts_of_every_image_come_from_nginx_with_no_server_running(
+    host, cfg, bob, hub_url, cafile
+):
+    """JupyterLab's content-hashed scripts of every offered image are on the host, and
+    nginx serves them at any user's /user/NAME/static/lab/ (bob has no server): the
+    image's bytes, gzipped ahead, to be cached for good. A hashed name the host lacks (a
+    server from an older image) goes on to the servers."""
+    images = json.loads(host.file(f"{cfg['paths']['etc']}/images.json").content_string)
+    current = f"{cfg['paths']['state']}/lab-static/current"
+    assert host.file(current).is_symlink
+    on_host_sums = dict(
+        line.split()[::-1]
+        for line in host.check_output(f"cd {current} && sha256sum *.js").splitlines()
+    )
+    for stack in cfg["hub"]["images"]:
+        ref = images["scirepo_images"]["stacks"][stack]["ref"]
+        listing = host.check_output(
+            f"docker run --rm --entrypoint sh {ref} -c 'cd {LAB_STATIC} && sha256sum *.js'"
+        )
+        sums = {n: h for h, n in (line.split() for line in listing.splitlines())
+                if HASHED_SCRIPT.fullmatch(n)}  # fmt: skip
+        assert sums, f"{stack}: no hashed scripts in {LAB_STATIC}"
+        assert {n: on_host_sums.get(n) for n in sums} == sums, stack
+
+    name, _ = bob
+    core = next(n for n in on_host_sums if n.startswith("jlab_core."))
+    gz = {"Accept-Encoding": "gzip"}
+    res = requests.get(f"{hub_url}/user/{name}/static/lab/{core}?v=1", headers=gz,
+                       verify=cafile, timeout=30)  # fmt: skip
+    assert res.status_code == 200, res.text[:300]
+    assert res.headers.get("Content-Encoding") == "gzip"
+    assert "immutable" in res.headers["Cache-Control"]
+    assert "max-age" in res.headers["Strict-Transport-Security"]
+    assert hashlib.sha256(res.content).hexdigest() == on_host_sums[core]
+    plain = requests.get(f"{hub_url}/user/{name}/static/lab/{core}", verify=cafile, timeout=30,
+                         headers={"Accept-Encoding": "identity"})  # fmt: skip
+    assert plain.content == res.content and "Content-Encoding" not in plain.headers
+    miss = requests.get(f"{hub_url}/user/{name}/static/lab/jlab_core.0123456789abcdef.js",
+                        verify=cafile, timeout=30, allow_redirects=False)  # fmt: skip
+    assert "immutable" not in miss.headers.get("Cache-Control", "")
 
 
 def test_hub_cookies_are_secure(hub_url, cafile):
