@@ -67,8 +67,10 @@ def collect(sock: str = DOCKER_SOCKET) -> list[dict]:
         try:
             stats = _get(f"/containers/{cid}/stats?stream=false&one-shot=true", sock)
             info = _get(f"/containers/{cid}/json", sock)
-        except RuntimeError:
-            continue  # it stopped in between
+        except (RuntimeError, ValueError):
+            # It stopped in between: gone (404), or its stats answer came back empty
+            # (the engine ends it when the container exits), which is no JSON.
+            continue
         out.append(
             {
                 "name": summary["Names"][0].lstrip("/"),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+
 from scirepo import metrics
 
 
@@ -61,3 +66,59 @@ def test_write_atomically_leaves_only_the_file(tmp_path):
     assert out.read_text() == "a 2\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+class _Engine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An HTTP server on a Unix socket that answers like the Docker engine while one of
+    two containers stops: it is listed, then its stats answer is empty."""
+
+    daemon_threads = True
+    answers = {
+        "/containers/json": [
+            {"Id": "a1", "Names": ["/jupyter-alice"]},
+            {"Id": "b2", "Names": ["/jupyter-bob"]},
+            {"Id": "c3", "Names": ["/jupyter-carol"]},
+        ],
+        "/containers/a1/stats?stream=false&one-shot=true": _stats(10**9, 300, 100, 4096),
+        "/containers/a1/json": {"State": {"StartedAt": "2026-11-21T22:00:00Z"}},
+        "/containers/b2/stats?stream=false&one-shot=true": "",  # stopping: empty answer
+        "/containers/b2/json": {"State": {"StartedAt": ""}},
+        # c3 was removed since the listing: 404 for both
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - the http.server interface
+        if self.path not in self.server.answers:
+            body, status = b'{"message": "No such container"}', 404
+        else:
+            answer = self.server.answers[self.path]
+            body, status = (json.dumps(answer).encode() if answer != "" else b""), 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self):
+        return "engine"
+
+    def log_message(self, *args):
+        pass
+
+
+def test_containers_stopping_during_a_run_are_left_out_not_a_failure(tmp_path):
+    sock = str(tmp_path / "docker.sock")
+    server = _Engine(sock, _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "containers.prom"
+        assert metrics.main(["--docker-socket", sock, "--output", str(out)]) == 0
+        got = metrics.collect(sock)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [c["name"] for c in got] == ["jupyter-alice"]
+    text = out.read_text()
+    assert 'scirepo_container_memory_bytes{name="jupyter-alice"} 200' in text
+    assert "jupyter-bob" not in text and "scirepo_containers_running 1" in text
