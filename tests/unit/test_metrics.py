@@ -69,8 +69,9 @@ def test_write_atomically_leaves_only_the_file(tmp_path):
 
 
 class _Engine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """An HTTP server on a Unix socket that answers like the Docker engine while one of
-    two containers stops: it is listed, then its stats answer is empty."""
+    """An HTTP server on a Unix socket that answers like the Docker engine while
+    containers go: of three listed, one stops (its stats answer is empty) and one is
+    removed (404)."""
 
     daemon_threads = True
     answers = {
