@@ -256,6 +256,9 @@ def test_jupyterlab_serves_its_api_and_extension_as_the_user(image, home):
     # All interfaces of the container's own network namespace; published on loopback only.
     lab += ["--ip", "0.0.0.0"]  # noqa: S104
     opts = ["-v", f"{home}:/home/alice", "-p", "127.0.0.1::8888"]
+    # The hosts of JupyterLab's news feed and update check are the container's loopback,
+    # where a listener counts the connections (below).
+    opts += [f"--add-host={h}:127.0.0.1" for h in ("pypi.org", "jupyterlab.github.io")]
     docker("run", "-d", "--name", name, *USER_ENV, *opts, image.ref, *lab)
     try:
         port = docker("port", name, "8888/tcp").stdout.split(":")[-1].strip()
@@ -293,6 +296,33 @@ def test_jupyterlab_serves_its_api_and_extension_as_the_user(image, home):
         with pytest.raises(urllib.error.HTTPError) as missing:
             _get(f"{base}/lsp/status")
         assert missing.value.code == 404
+        # No news prompt, news feed or update check: the announcements plugin is off, and
+        # the server would not fetch them either (its news is off, its checker never asks).
+        announcements = "@jupyterlab/apputils-extension:announcements"
+        assert announcements in page_config["disabledExtensions"], page_config["disabledExtensions"]
+        assert page_config["news"] == {"disabled": True}, page_config["news"]
+        listen = (
+            "import socket\n"
+            "s = socket.create_server(('127.0.0.1', 443))\n"
+            "open('/tmp/ready', 'w').close()\n"
+            "while True:\n"
+            "    c, _ = s.accept(); c.close()\n"
+            "    open('/tmp/hits', 'a').write('x')\n"
+        )
+        docker("exec", "-d", "-u", "0", name, "python3", "-c", listen)
+        hits = ["sh", "-c", "sleep 0.5; cat /tmp/hits 2>/dev/null; true"]
+
+        def listening() -> bool:
+            return docker("exec", name, "test", "-e", "/tmp/ready", check=False).returncode == 0
+
+        wait_for("the listener", listening, deadline=20)
+        # It counts: a connection to pypi.org is one.
+        connect = "import socket; socket.create_connection(('pypi.org', 443))"
+        docker("exec", name, "python3", "-c", connect)
+        assert docker("exec", name, *hits).stdout == "x"
+        assert json.loads(_get(f"{base}/lab/api/news")) == {"news": []}
+        assert json.loads(_get(f"{base}/lab/api/update")) == {"notification": None}
+        assert docker("exec", name, *hits).stdout == "x", "the server asked the internet"
     except BaseException:
         print(docker("logs", name, check=False).stderr[-3000:])
         raise

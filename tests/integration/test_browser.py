@@ -59,6 +59,10 @@ def test_login_jupyterlab_cell_writes_a_file_seen_over_ssh(browser, users, hub_u
         open_lab(page, hub_url, name, password)
         page.wait_for_load_state("networkidle")
         assert problems == [], problems
+        # A new user is not asked about Jupyter's news feed (the announcements plugin is
+        # off in the images), nor told of a newer JupyterLab: nothing pops up.
+        toasts = page.locator(".Toastify__toast")
+        assert toasts.count() == 0, toasts.all_inner_texts()
         page.screenshot(path=str(SHOTS / "jupyterlab.png"))
         code = "open('workspace/from-browser.txt', 'w').write('written in a cell')"
         out = run_first_cell(page, code)
