@@ -151,3 +151,38 @@ def test_launcher_does_not_wait_for_the_workspace_save(browser, users, hub_url, 
     finally:
         page.screenshot(path=str(SHOTS / "launcher.png"))
         page.close()
+
+
+def test_settings_a_user_wrote_are_still_checked(browser, users, hub_url, cfg):
+    """scirepo-lab leaves a settings schema uncompiled while the user's settings for it are
+    empty ({}), where the check cannot fail. What a user does write is checked as before:
+    valid settings apply, invalid ones are refused and the defaults stay."""
+    name, password = users.add("s")
+    folder = "~/.jupyter/lab/user-settings/@jupyterlab/apputils-extension"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        open_lab(page, hub_url, name, password)
+        page.wait_for_load_state("networkidle")
+        skipped = page.get_attribute("body", "data-scirepo-settings-skipped")
+        assert skipped and int(skipped) >= 50, skipped
+        assert page.get_attribute("body", "data-jp-theme-name") == "JupyterLab Light"
+        for settings, theme in [
+            ('{"theme": "JupyterLab Dark"}', "JupyterLab Dark"),
+            ('{"theme": "JupyterLab Dark", "theme-scrollbars": "yes"}', "JupyterLab Light"),
+        ]:
+            client = ssh_client(cfg, name, password)
+            try:
+                write = f"mkdir -p {folder} && cat > {folder}/themes.jupyterlab-settings"
+                rc, _, err = ssh_run(client, f"{write} <<'END'\n{settings}\nEND")
+            finally:
+                client.close()
+            assert rc == 0, err
+            page.reload()
+            page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(1000)
+            shown = page.get_attribute("body", "data-jp-theme-name")
+            assert shown == theme, f"{settings}: {shown}"
+    finally:
+        page.screenshot(path=str(SHOTS / "settings.png"))
+        page.close()
