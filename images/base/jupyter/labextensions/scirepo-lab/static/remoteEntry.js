@@ -119,7 +119,7 @@
     var proto = Validator && Validator.prototype;
     var validateData = proto && proto.validateData;
     if (typeof validateData !== "function" || validateData.__scirepo) {
-      return false;
+      return;
     }
     var patched = function (plugin, populate) {
       var ajv = this._validator;
@@ -130,7 +130,6 @@
     };
     patched.__scirepo = true;
     proto.validateData = patched;
-    return true;
   }
 
   function disabled(id) {
