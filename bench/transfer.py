@@ -22,7 +22,13 @@ round (not timed). The CLI runs with its bytecode cached (in the scratch directo
 under PYTHONDONTWRITEBYTECODE), as an installed package does, and once before the timed
 rounds to fill that cache.
 
+`--journaled` (root) measures everything a second time on an ext4 file system with a
+journal, made in a sparse file next to the scratch directory and loop-mounted: a Debian
+host's data disk has a journal, and there every sync waits for it, so the figures differ
+much from those of a file system without one (as the root disk of some VMs is).
+
     .venv/bin/python bench/transfer.py [--files 5000] [--large-mib 1024] [--rounds 3]
+                                       [--journaled]
 
 Target: the transfer within 1.5x the time of `rsync -a`.
 """
@@ -30,6 +36,7 @@ Target: the transfer within 1.5x the time of `rsync -a`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -95,18 +102,86 @@ def fresh(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--large-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scratch", type=Path, default=REPO / "build" / "bench" / "transfer-scratch")
-    args = ap.parse_args()
+    ap.add_argument("--journaled", action="store_true",
+                    help="also measure on an ext4 with a journal made in a file and "
+                         "loop-mounted (root only)")  # fmt: skip
+    args = ap.parse_args(argv)
+    for name in ("files", "large_mib", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def journaled_size(args: argparse.Namespace) -> int:
+    """Bytes of the ext4 image for `--journaled`: each data set three times (the data, the
+    sandbox, site data; a small file at most 64 KiB) with a quarter left over, and room for
+    the journal and the interpreter's bytecode."""
+    data = args.files * (64 << 10) + (args.large_mib << 20)
+    return data * 3 * 5 // 4 + (512 << 20)
+
+
+@contextlib.contextmanager
+def journaled_ext4(image: Path, mountpoint: Path, size: int):
+    """An ext4 file system with a journal (mkfs.ext4's default, as on a Debian host's disk)
+    in the sparse file `image`, loop-mounted on `mountpoint` while the block runs."""
+    if os.geteuid() != 0:
+        sys.exit("--journaled mounts a file system: run it as root")
+    if not shutil.which("mkfs.ext4"):
+        sys.exit("--journaled needs mkfs.ext4 (Debian: apt-get install -y e2fsprogs)")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "has_journal", str(image)], check=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+        image.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     for tool in ("cp", "rsync"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (Debian: apt-get install -y {tool})")
-
     scratch = args.scratch.resolve()
+    runs = [("checkout", scratch)]
+    if args.journaled:
+        runs.append(("journaled ext4", scratch.with_name(scratch.name + "-ext4")))
+    results, lines = [], []
+    for fs, where in runs:
+        if fs == "checkout":
+            rows, table = measure(where, args)
+        else:
+            image = where.with_name(where.name + ".img")
+            with journaled_ext4(image, where, journaled_size(args)) as mnt:
+                rows, table = measure(mnt / "scratch", args)
+        results += [{"fs": fs, **row} for row in rows]
+        lines += [f"on the {fs} file system ({where}):", *table, ""]
+    print("\n".join(lines).rstrip())
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    OUT.write_text(json.dumps({"rounds": args.rounds, "loadavg_after": load, "results": results},
+                              indent=1) + "\n")  # fmt: skip
+    print(f"load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"({os.cpu_count()} CPUs): other work on the machine skews the times")  # fmt: skip
+    print(f"wrote {OUT}", file=sys.stderr)
+    return 0
+
+
+def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Every tool on every data set, `args.rounds` times, in `scratch` (removed after):
+    the result rows and the table's lines."""
     fresh(scratch)
     data = scratch / "data"
     sets = {"small": data / "small", "large": data / "large"}
@@ -218,20 +293,12 @@ def main() -> int:
             lines.append(f"{label:<28} {tool:<27} {sec:8.3f} {row['mb_per_s']:8.1f} "
                          f"{row['files_per_s']:9.1f} {row['ratio_to_rsync']:8.2f} "
                          f"{row['cpu_seconds']:6.2f}")  # fmt: skip
-    print("\n".join(lines))
     for (name, tool), secs in inner.items():
         split = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases[name, tool].items())
-        print(f"{tool} of {name}: {statistics.median(secs):.3f} s inside the CLI "
-              f"(without interpreter start and config loading): {split}")  # fmt: skip
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()
-    OUT.write_text(json.dumps({"rounds": args.rounds, "loadavg_after": load, "results": results},
-                              indent=1) + "\n")  # fmt: skip
-    print(f"load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"({os.cpu_count()} CPUs): other work on the machine skews the times")  # fmt: skip
-    print(f"wrote {OUT}", file=sys.stderr)
+        lines.append(f"{tool} of {name}: {statistics.median(secs):.3f} s inside the CLI "
+                     f"(without interpreter start and config loading): {split}")  # fmt: skip
     fresh(scratch)
-    return 0
+    return results, lines
 
 
 if __name__ == "__main__":

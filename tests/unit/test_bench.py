@@ -107,3 +107,32 @@ def test_browser_figures_have_rows_and_only_the_first_visit_a_target():
 def test_cpu_probe_times_the_loop_it_is_given():
     short = run.cpu_probe(10_000)
     assert isinstance(short, float) and short > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--files", "0"], "--files must be at least 1"),
+        (["--large-mib", "-1"], "--large-mib must be at least 1"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--journaled", "yes"], "unrecognized arguments: yes"),
+    ],
+)
+def test_transfer_bench_names_a_bad_option(argv, message, capsys):
+    import transfer  # bench/transfer.py
+
+    with pytest.raises(SystemExit) as exc:
+        transfer.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_transfer_bench_journaled_image_holds_three_copies_of_the_data():
+    import transfer  # bench/transfer.py
+
+    args = transfer.parse_args(["--files", "1000", "--large-mib", "100", "--journaled"])
+    assert args.journaled
+    data = 1000 * (64 << 10) + (100 << 20)
+    size = transfer.journaled_size(args)
+    assert size >= 3 * data + (256 << 20)  # data, sandbox, site data, journal and bytecode
+    assert size < 6 * data + (1 << 30)  # sparse, but not absurd
