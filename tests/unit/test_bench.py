@@ -17,6 +17,7 @@ if str(BENCH) not in sys.path:
 
 import harness  # noqa: E402
 import run  # noqa: E402
+import transfer  # noqa: E402 - bench/transfer.py
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -45,19 +46,24 @@ def test_capacity_is_what_hub_and_proxy_leave_divided_by_a_server():
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("script", "argv", "message"),
     [
-        (["--figures", "spawn,nonsense"], "unknown figure(s) nonsense"),
-        (["--n", "5,x"], "not a comma-separated list"),
-        (["--n", "0"], "at least 1"),
-        (["--users", "0"], "--users must be at least 1"),
-        (["--budget-mib", "0"], "--budget-mib must be positive"),
-        (["--only", "both"], "invalid choice"),
+        ("run", ["--figures", "spawn,nonsense"], "unknown figure(s) nonsense"),
+        ("run", ["--n", "5,x"], "not a comma-separated list"),
+        ("run", ["--n", "0"], "at least 1"),
+        ("run", ["--users", "0"], "--users must be at least 1"),
+        ("run", ["--budget-mib", "0"], "--budget-mib must be positive"),
+        ("run", ["--only", "both"], "invalid choice"),
+        ("transfer", ["--files", "0"], "--files must be at least 1"),
+        ("transfer", ["--large-mib", "-1"], "--large-mib must be at least 1"),
+        ("transfer", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("transfer", ["--journaled", "yes"], "unrecognized arguments: yes"),
     ],
 )
-def test_bad_options_are_named(argv, message, capsys):
+def test_bad_options_are_named(script, argv, message, capsys):
+    module = run if script == "run" else transfer
     with pytest.raises(SystemExit) as exc:
-        run.parse_args(argv)
+        module.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -109,27 +115,7 @@ def test_cpu_probe_times_the_loop_it_is_given():
     assert isinstance(short, float) and short > 0
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--files", "0"], "--files must be at least 1"),
-        (["--large-mib", "-1"], "--large-mib must be at least 1"),
-        (["--rounds", "0"], "--rounds must be at least 1"),
-        (["--journaled", "yes"], "unrecognized arguments: yes"),
-    ],
-)
-def test_transfer_bench_names_a_bad_option(argv, message, capsys):
-    import transfer  # bench/transfer.py
-
-    with pytest.raises(SystemExit) as exc:
-        transfer.parse_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_transfer_bench_journaled_image_holds_three_copies_of_the_data():
-    import transfer  # bench/transfer.py
-
     args = transfer.parse_args(["--files", "1000", "--large-mib", "100", "--journaled"])
     assert args.journaled
     data = 1000 * (64 << 10) + (100 << 20)
