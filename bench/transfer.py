@@ -129,11 +129,8 @@ def journaled_size(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def journaled_ext4(image: Path, mountpoint: Path, size: int):
     """An ext4 file system with a journal (mkfs.ext4's default, as on a Debian host's disk)
-    in the sparse file `image`, loop-mounted on `mountpoint` while the block runs."""
-    if os.geteuid() != 0:
-        sys.exit("--journaled mounts a file system: run it as root")
-    if not shutil.which("mkfs.ext4"):
-        sys.exit("--journaled needs mkfs.ext4 (Debian: apt-get install -y e2fsprogs)")
+    in the sparse file `image`, loop-mounted on `mountpoint` while the block runs; yields
+    a directory in it (the mount point itself cannot be removed as a scratch directory is)."""
     image.parent.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(size)
@@ -141,7 +138,7 @@ def journaled_ext4(image: Path, mountpoint: Path, size: int):
     mountpoint.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
     try:
-        yield mountpoint
+        yield mountpoint / "scratch"
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False)
         image.unlink(missing_ok=True)
@@ -154,18 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("cp", "rsync"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (Debian: apt-get install -y {tool})")
+    if args.journaled and os.geteuid() != 0:
+        sys.exit("--journaled mounts a file system: run it as root")
+    if args.journaled and not shutil.which("mkfs.ext4"):
+        sys.exit("--journaled needs mkfs.ext4 (Debian: apt-get install -y e2fsprogs)")
     scratch = args.scratch.resolve()
-    runs = [("checkout", scratch)]
+    runs = [("checkout", scratch, contextlib.nullcontext(scratch))]
     if args.journaled:
-        runs.append(("journaled ext4", scratch.with_name(scratch.name + "-ext4")))
+        where = scratch.with_name(scratch.name + "-ext4")
+        image = where.with_name(where.name + ".img")
+        runs.append(("journaled ext4", where, journaled_ext4(image, where, journaled_size(args))))
     results, lines = [], []
-    for fs, where in runs:
-        if fs == "checkout":
-            rows, table = measure(where, args)
-        else:
-            image = where.with_name(where.name + ".img")
-            with journaled_ext4(image, where, journaled_size(args)) as mnt:
-                rows, table = measure(mnt / "scratch", args)
+    for fs, where, place in runs:
+        with place as directory:
+            rows, table = measure(directory, args)
         results += [{"fs": fs, **row} for row in rows]
         lines += [f"on the {fs} file system ({where}):", *table, ""]
     print("\n".join(lines).rstrip())
