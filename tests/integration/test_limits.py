@@ -75,22 +75,52 @@ class Kernel:
             sslopt={"ca_certs": self.hub.cafile},
             timeout=120,
         )
+        self._wait_for_iopub()
 
-    def execute(self, code: str, timeout: float = 60) -> dict:
-        """Run `code`; return its stdout, reply status, and the kernel's state changes
-        that came without a parent (the server's 'restarting'/'dead' notices)."""
+    def _send(self, msg_type: str, content: dict) -> str:
         msg_id = uuid.uuid4().hex
         header = {
             "msg_id": msg_id,
-            "msg_type": "execute_request",
+            "msg_type": msg_type,
             "username": self.hub.name,
             "session": uuid.uuid4().hex,
             "version": "5.3",
         }
-        content = {"code": code, "silent": False, "store_history": False,
-                   "user_expressions": {}, "allow_stdin": False}  # fmt: skip
         self.ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {},
                                  "channel": "shell", "content": content}))  # fmt: skip
+        return msg_id
+
+    def _wait_for_iopub(self, timeout: float = 30) -> None:
+        """Ask for kernel info until its 'idle' comes back on iopub, as JupyterLab waits
+        for kernel info before it runs a cell: the server subscribes to the kernel's
+        iopub as the websocket opens, and output published before that subscription is
+        in place is lost (the server's own nudge is skipped while it thinks the kernel
+        is busy, as it may right after a restart)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg_id = self._send("kernel_info_request", {})
+            until = min(deadline, time.monotonic() + 2)
+            while time.monotonic() < until:
+                self.ws.settimeout(max(0.1, until - time.monotonic()))
+                try:
+                    msg = json.loads(self.ws.recv())
+                except websocket.WebSocketTimeoutException:
+                    break
+                if (
+                    msg.get("channel") == "iopub"
+                    and msg["msg_type"] == "status"
+                    and msg.get("parent_header", {}).get("msg_id") == msg_id
+                    and msg["content"]["execution_state"] == "idle"
+                ):
+                    return
+        raise AssertionError(f"kernel {self.id}: no iopub status in {timeout} s")
+
+    def execute(self, code: str, timeout: float = 60) -> dict:
+        """Run `code`; return its stdout, reply status, and the kernel's state changes
+        that came without a parent (the server's 'restarting'/'dead' notices)."""
+        content = {"code": code, "silent": False, "store_history": False,
+                   "user_expressions": {}, "allow_stdin": False}  # fmt: skip
+        msg_id = self._send("execute_request", content)
         out = {"stdout": "", "status": None, "notices": [], "seconds": 0.0}
         t0 = time.monotonic()
         idle = False
