@@ -15,7 +15,12 @@ from pathlib import Path
 ETC = Path(os.environ.get("SCIREPO_ETC", "/etc/scirepo"))
 HUB_NAME = "scirepo-hub"
 PROXY_NAME = "scirepo-proxy"
-NETWORK = "scirepo"
+NETWORK = "scirepo"  # the hub's and the proxy's network (ansible: docker_network)
+# User servers run on the engine's default bridge (a container starts there about 80 ms
+# sooner than on a user-defined network, whose embedded DNS is set up in each container);
+# the hub and the proxy are on it too, and the hub's API is published on its gateway.
+SERVER_NETWORK = "bridge"
+HUB_API_URL_ENV = "SCIREPO_HUB_API_URL"
 HUB_PORT = 8081
 PROXY_PORT = 8000
 PROXY_API_PORT = 8001
@@ -78,7 +83,8 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     c.ScirepoSpawner.authd_socket = paths["authd_socket"]
     c.DockerSpawner.allowed_images = refs
     c.DockerSpawner.image = refs[hub["default_image"]]
-    c.DockerSpawner.network_name = NETWORK
+    c.DockerSpawner.network_name = SERVER_NETWORK
+    c.ScirepoSpawner.hub_api_url = hub_api_url()
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.remove = True
     c.DockerSpawner.pull_policy = "never"  # the deploy pulls every allowed image by digest
@@ -93,6 +99,29 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
     for cls, traits in hub["config"].items():
         for key, value in traits.items():
             setattr(getattr(c, cls), key, value)
+
+
+def hub_api_url() -> str:
+    """The hub's API as the user servers reach it: the address its unit publishes it on
+    (the default bridge's gateway), given in the environment."""
+    url = os.environ.get(HUB_API_URL_ENV, "")
+    if not url.startswith("http://") or not url.rstrip("/").endswith("/hub/api"):
+        raise SystemExit(
+            f"{HUB_API_URL_ENV}={url!r}: the scirepo-hub unit sets it to "
+            f"http://<default bridge gateway>:{HUB_PORT}/hub/api"
+        )
+    return url.rstrip("/")
+
+
+def with_api_url(env: dict, old: str, new: str) -> dict:
+    """The variables of `env` whose value is the API URL `old` or a URL below it, with
+    `new` in its place."""
+    old, new = old.rstrip("/"), new.rstrip("/")
+    return {
+        key: new + value[len(old) :]
+        for key, value in env.items()
+        if isinstance(value, str) and (value == old or value.startswith(old + "/"))
+    }
 
 
 def stack_limits(site: dict, name: str) -> dict:

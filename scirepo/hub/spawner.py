@@ -20,6 +20,7 @@ from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default
 
 from scirepo.authd import query
+from scirepo.hub.config import with_api_url
 from scirepo.storage import notebook_fs
 from scirepo.storage.areas import container_mounts
 
@@ -41,6 +42,12 @@ class ScirepoSpawner(DockerSpawner):
         "from the site config and the images' manifests; the keys of allowed_images.",
     )
     default_stack = Unicode(config=True, help="Name of the image preselected in the form.")
+    hub_api_url = Unicode(
+        "",
+        config=True,
+        help="The hub's API as the servers reach it (they are on another network than the "
+        "hub's name): replaces the hub's own API URL in the servers' environment.",
+    )
     docker_threads = Integer(
         8,
         config=True,
@@ -155,6 +162,14 @@ class ScirepoSpawner(DockerSpawner):
             if session is not None:
                 session.commit()
             raise
+
+    def get_env(self) -> dict:
+        """DockerSpawner's environment, with the hub's API (JUPYTERHUB_API_URL and the
+        URLs below it, such as JUPYTERHUB_ACTIVITY_URL) at `hub_api_url`."""
+        env = super().get_env()
+        if self.hub_api_url:
+            env.update(with_api_url(env, self.hub.api_url, self.hub_api_url))
+        return env
 
     async def start(self):
         user = await self._host_user()

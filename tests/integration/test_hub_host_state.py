@@ -58,7 +58,16 @@ def test_engine_trusts_only_the_configured_registry_ca(host, cfg):
     assert ca.exists and "BEGIN CERTIFICATE" in ca.content_string
 
 
-def test_user_containers_share_the_platform_network(host):
-    net = json.loads(host.check_output("docker network inspect scirepo"))[0]
-    names = {c["Name"] for c in net["Containers"].values()}
-    assert {"scirepo-hub", "scirepo-proxy"} <= names
+def test_hub_and_proxy_are_on_the_platform_network_and_the_servers_bridge(host):
+    for network in ("scirepo", "bridge"):
+        net = json.loads(host.check_output(f"docker network inspect {network}"))[0]
+        names = {c["Name"] for c in net["Containers"].values()}
+        assert {"scirepo-hub", "scirepo-proxy"} <= names, network
+
+
+def test_hub_api_is_published_on_the_bridge_gateway_only(host):
+    gateway = host.check_output(
+        "docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' bridge"
+    ).strip()
+    assert host.check_output("docker port scirepo-hub 8081").split() == [f"{gateway}:8081"]
+    assert not host.socket("tcp://0.0.0.0:8081").is_listening

@@ -192,6 +192,29 @@ def test_server_runs_as_the_user_without_privileges(alice, host):
     assert home == user.home
 
 
+def test_server_is_on_the_default_bridge_and_reaches_the_hub_api_on_its_gateway(alice, cfg):
+    """User servers run on the engine's default bridge (faster container starts than on a
+    user-defined network); the hub's API is published on the bridge's gateway for them."""
+    name, _, hub = alice
+    gateway = on_host(
+        cfg, "docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge"
+    ).stdout.strip()
+    box = json.loads(on_host(cfg, "docker", "inspect", f"jupyter-{name}").stdout)[0]
+    assert set(box["NetworkSettings"]["Networks"]) == {"bridge"}
+    env = dict(item.split("=", 1) for item in box["Config"]["Env"])
+    api = f"http://{gateway}:8081/hub/api"
+    assert env["JUPYTERHUB_API_URL"] == api
+    assert env["JUPYTERHUB_ACTIVITY_URL"] == f"{api}/users/{name}/activity"
+    # The server's own token, from inside the container, at that address.
+    res = hub.run_code(
+        "import json, os, urllib.request\n"
+        "req = urllib.request.Request(os.environ['JUPYTERHUB_API_URL'] + '/user',\n"
+        "    headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
+        "print(json.load(urllib.request.urlopen(req, timeout=10))['name'])\n"
+    )
+    assert (res["status"], res["stdout"]) == ("ok", f"{name}\n"), res
+
+
 def test_site_data_and_software_are_read_only_in_the_container(alice, cfg):
     _, _, hub = alice
     site = next(iter(cfg["paths"]["sites"].values()))

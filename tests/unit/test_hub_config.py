@@ -15,10 +15,14 @@ from scirepo import config
 from scirepo.hub import config as hubconfig
 
 
+API = "http://172.17.0.1:8081/hub/api"
+
+
 @pytest.fixture(autouse=True)
 def etc(tmp_path, monkeypatch):
-    """An empty /etc/scirepo: no accounts service token."""
+    """An empty /etc/scirepo: no accounts service token; the hub unit's environment."""
     monkeypatch.setattr(hubconfig, "ETC", tmp_path)
+    monkeypatch.setenv(hubconfig.HUB_API_URL_ENV, API)
     return tmp_path
 
 
@@ -132,3 +136,37 @@ def test_stack_limits_are_checked_by_the_schema(tmp_path, run_cli):
     code, _, err = run_cli("config", "check", path)
     assert code == 2
     assert "images.stacks.base.mem_limit" in err and "images.stacks.base.cpu_limit" in err
+
+
+def test_servers_run_on_the_default_bridge_and_reach_the_hub_at_its_published_api():
+    c = hub_config({})
+    assert c.DockerSpawner.network_name == "bridge"
+    assert c.DockerSpawner.use_internal_ip is True
+    assert c.ScirepoSpawner.hub_api_url == API
+    # The proxy and the hub itself still meet by name on the platform network.
+    assert c.JupyterHub.hub_connect_ip == "scirepo-hub"
+
+
+@pytest.mark.parametrize("value", [None, "", "scirepo-hub:8081", "http://172.17.0.1:8081/"])
+def test_a_missing_or_wrong_hub_api_url_stops_the_hub_naming_it(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(hubconfig.HUB_API_URL_ENV)
+    else:
+        monkeypatch.setenv(hubconfig.HUB_API_URL_ENV, value)
+    with pytest.raises(SystemExit, match=f"{hubconfig.HUB_API_URL_ENV}=.*/hub/api"):
+        hub_config({})
+
+
+def test_the_servers_environment_names_the_published_api():
+    env = {
+        "JUPYTERHUB_API_URL": "http://scirepo-hub:8081/hub/api",
+        "JUPYTERHUB_ACTIVITY_URL": "http://scirepo-hub:8081/hub/api/users/jdoe/activity",
+        "JUPYTERHUB_SERVICE_PREFIX": "/user/jdoe/",
+        "JUPYTERHUB_BASE_URL": "/",
+        "ELSEWHERE": "http://scirepo-hub:8081/hub/apiary",
+        "NB_UID": 1000,
+    }
+    assert hubconfig.with_api_url(env, "http://scirepo-hub:8081/hub/api/", API + "/") == {
+        "JUPYTERHUB_API_URL": API,
+        "JUPYTERHUB_ACTIVITY_URL": API + "/users/jdoe/activity",
+    }
