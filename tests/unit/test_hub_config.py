@@ -7,22 +7,22 @@ traitlets' Config that apply() relies on (sections made on first access, `in`).
 
 from __future__ import annotations
 
+import os
 import sys
+from unittest import mock
 
 import pytest
 
 from scirepo import config
 from scirepo.hub import config as hubconfig
 
-
 API = "http://172.17.0.1:8081/hub/api"
 
 
 @pytest.fixture(autouse=True)
 def etc(tmp_path, monkeypatch):
-    """An empty /etc/scirepo: no accounts service token; the hub unit's environment."""
+    """An empty /etc/scirepo: no accounts service token."""
     monkeypatch.setattr(hubconfig, "ETC", tmp_path)
-    monkeypatch.setenv(hubconfig.HUB_API_URL_ENV, API)
     return tmp_path
 
 
@@ -36,7 +36,9 @@ class Config(dict):
         return self.setdefault(name, Section())
 
 
-def hub_config(site: dict) -> Config:
+def hub_config(site: dict, api_url: str | None = API) -> Config:
+    """The config apply() makes of `site`, with the hub unit's SCIREPO_HUB_API_URL set to
+    `api_url` (None: not set)."""
     site = config.resolve(config.validate({"site": {"name": "x"}, **site}))
     images = {
         "stacks": {
@@ -45,7 +47,11 @@ def hub_config(site: dict) -> Config:
         }
     }
     c = Config()
-    hubconfig.apply(c, site, images)
+    env = {k: v for k, v in os.environ.items() if k != hubconfig.HUB_API_URL_ENV}
+    if api_url is not None:
+        env[hubconfig.HUB_API_URL_ENV] = api_url
+    with mock.patch.dict(os.environ, env, clear=True):
+        hubconfig.apply(c, site, images)
     return c
 
 
@@ -148,13 +154,9 @@ def test_servers_run_on_the_default_bridge_and_reach_the_hub_at_its_published_ap
 
 
 @pytest.mark.parametrize("value", [None, "", "scirepo-hub:8081", "http://172.17.0.1:8081/"])
-def test_a_missing_or_wrong_hub_api_url_stops_the_hub_naming_it(monkeypatch, value):
-    if value is None:
-        monkeypatch.delenv(hubconfig.HUB_API_URL_ENV)
-    else:
-        monkeypatch.setenv(hubconfig.HUB_API_URL_ENV, value)
+def test_a_missing_or_wrong_hub_api_url_stops_the_hub_naming_it(value):
     with pytest.raises(SystemExit, match=f"{hubconfig.HUB_API_URL_ENV}=.*/hub/api"):
-        hub_config({})
+        hub_config({}, api_url=value)
 
 
 def test_the_servers_environment_names_the_published_api():
