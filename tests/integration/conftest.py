@@ -54,6 +54,16 @@ def on_host(cfg: dict, *cmd: str, input: str | None = None) -> subprocess.Comple
     )
 
 
+def bridge_gateway(cfg: dict) -> str:
+    """The address of the engine's default bridge on the host: where the hub's API is
+    published for the user servers."""
+    res = on_host(
+        cfg, "docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge"
+    )
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr
+    return res.stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def hub_url(local_host, cfg) -> str:
     return f"https://localhost:{cfg['local']['https_port']}"

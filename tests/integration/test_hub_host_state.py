@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from .conftest import bridge_gateway
+
 pytestmark = pytest.mark.host
 
 
@@ -65,9 +67,7 @@ def test_hub_and_proxy_are_on_the_platform_network_and_the_servers_bridge(host):
         assert {"scirepo-hub", "scirepo-proxy"} <= names, network
 
 
-def test_hub_api_is_published_on_the_bridge_gateway_only(host):
-    gateway = host.check_output(
-        "docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' bridge"
-    ).strip()
+def test_hub_api_is_published_on_the_bridge_gateway_only(host, cfg):
+    gateway = bridge_gateway(cfg)
     assert host.check_output("docker port scirepo-hub 8081").split() == [f"{gateway}:8081"]
     assert not host.socket("tcp://0.0.0.0:8081").is_listening

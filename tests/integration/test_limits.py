@@ -90,6 +90,15 @@ class Kernel:
                                  "channel": "shell", "content": content}))  # fmt: skip
         return msg_id
 
+    def _recv(self, seconds: float) -> dict | None:
+        """The next message, or None if none came within `seconds`. A read waits 5 s at
+        the most: the server's pings would keep a longer timeout from ever expiring."""
+        self.ws.settimeout(min(5.0, seconds))
+        try:
+            return json.loads(self.ws.recv())
+        except websocket.WebSocketTimeoutException:
+            return None
+
     def _wait_for_iopub(self, timeout: float = 30) -> None:
         """Ask for kernel info until its 'idle' comes back on iopub, as JupyterLab waits
         for kernel info before it runs a cell: the server subscribes to the kernel's
@@ -101,10 +110,8 @@ class Kernel:
             msg_id = self._send("kernel_info_request", {})
             until = min(deadline, time.monotonic() + 2)
             while time.monotonic() < until:
-                self.ws.settimeout(max(0.1, until - time.monotonic()))
-                try:
-                    msg = json.loads(self.ws.recv())
-                except websocket.WebSocketTimeoutException:
+                msg = self._recv(max(0.1, until - time.monotonic()))
+                if msg is None:
                     break
                 if (
                     msg.get("channel") == "iopub"
@@ -128,12 +135,8 @@ class Kernel:
             left = timeout - (time.monotonic() - t0)
             if left <= 0:
                 raise AssertionError(f"no answer in {timeout} s: {out}")
-            # A short timeout per read: the server's pings would keep a long one from
-            # ever expiring.
-            self.ws.settimeout(min(5.0, left))
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
+            msg = self._recv(left)
+            if msg is None:
                 continue
             kind, body = msg["msg_type"], msg["content"]
             mine = msg.get("parent_header", {}).get("msg_id") == msg_id

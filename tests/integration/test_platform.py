@@ -16,7 +16,15 @@ import requests
 from scirepo import deploy
 from scirepo.hubclient import HubError
 
-from .conftest import ansible_recap, changed_tasks, deploy_local, on_host, ssh_client, ssh_run
+from .conftest import (
+    ansible_recap,
+    bridge_gateway,
+    changed_tasks,
+    deploy_local,
+    on_host,
+    ssh_client,
+    ssh_run,
+)
 
 pytestmark = pytest.mark.host
 
@@ -196,9 +204,7 @@ def test_server_is_on_the_default_bridge_and_reaches_the_hub_api_on_its_gateway(
     """User servers run on the engine's default bridge (faster container starts than on a
     user-defined network); the hub's API is published on the bridge's gateway for them."""
     name, _, hub = alice
-    gateway = on_host(
-        cfg, "docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge"
-    ).stdout.strip()
+    gateway = bridge_gateway(cfg)
     box = json.loads(on_host(cfg, "docker", "inspect", f"jupyter-{name}").stdout)[0]
     assert set(box["NetworkSettings"]["Networks"]) == {"bridge"}
     env = dict(item.split("=", 1) for item in box["Config"]["Env"])
