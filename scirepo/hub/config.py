@@ -16,8 +16,9 @@ ETC = Path(os.environ.get("SCIREPO_ETC", "/etc/scirepo"))
 HUB_NAME = "scirepo-hub"
 PROXY_NAME = "scirepo-proxy"
 NETWORK = "scirepo"  # the hub's and the proxy's network (ansible: docker_network)
-# User servers run on the engine's default bridge (a container starts there about 80 ms
-# sooner than on a user-defined network, whose embedded DNS is set up in each container);
+# User servers run on the engine's default bridge (a container starts there 56-73 ms
+# sooner than on a user-defined network, whose embedded DNS is set up in each container,
+# and a spawn takes about 130 ms less: README, "Benchmarks");
 # the hub and the proxy are on it too, and the hub's API is published on its gateway.
 SERVER_NETWORK = "bridge"
 HUB_API_URL_ENV = "SCIREPO_HUB_API_URL"
@@ -104,13 +105,14 @@ def apply(c, site: dict | None = None, images: dict | None = None) -> None:
 def hub_api_url() -> str:
     """The hub's API as the user servers reach it: the address its unit publishes it on
     (the default bridge's gateway), given in the environment."""
-    url = os.environ.get(HUB_API_URL_ENV, "")
-    if not url.startswith("http://") or not url.rstrip("/").endswith("/hub/api"):
+    given = os.environ.get(HUB_API_URL_ENV, "")
+    url = given.rstrip("/")
+    if not url.startswith("http://") or not url.endswith("/hub/api"):
         raise SystemExit(
-            f"{HUB_API_URL_ENV}={url!r}: the scirepo-hub unit sets it to "
+            f"{HUB_API_URL_ENV}={given!r}: the scirepo-hub unit sets it to "
             f"http://<default bridge gateway>:{HUB_PORT}/hub/api"
         )
-    return url.rstrip("/")
+    return url
 
 
 def with_api_url(env: dict, old: str, new: str) -> dict:
