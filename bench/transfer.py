@@ -14,13 +14,16 @@ after the same preparation (the sandbox filled with a copy, then a `sync`) so th
 tool meets the file system in the same state: creating a file costs more right after many
 were deleted nearby, and a destination elsewhere would favour one tool. The transfer also
 hashes (SHA-256), syncs and reads back every file; cp and rsync do neither, so the table
-also shows `rsync -a` followed by `sync` (the time until rsync's copy is on disk) and
+also shows `rsync -a` followed by `sync` (the time until rsync's copy is on disk),
 `rsync -a --remove-source-files` (a move, like the transfer: removing a large file costs
-much on some disks). Medians of `--rounds` rounds, with the CPU time (user + system) of
-each command; the transfer's result is checked file by file against the source after each
-round (not timed). The CLI runs with its bytecode cached (in the scratch directory, even
-under PYTHONDONTWRITEBYTECODE), as an installed package does, and once before the timed
-rounds to fill that cache.
+much on some disks, but rsync removes each source before its copy is on disk), and the two
+ways rsync moves without that risk, as the transfer does: `rsync -a; sync; rm` (copy, sync
+the file system, then remove the sources) and `rsync --fsync --remove-source-files` (each
+copy fsynced before its source is removed). Medians of `--rounds` rounds, with the CPU
+time (user + system) of each command; the transfer's result is checked file by file
+against the source after each round (not timed). The CLI runs with its bytecode cached (in
+the scratch directory, even under PYTHONDONTWRITEBYTECODE), as an installed package does,
+and once before the timed rounds to fill that cache.
 
 `--journaled` (root) measures everything a second time on an ext4 file system with a
 journal, made in a sparse file next to the scratch directory and loop-mounted: a Debian
@@ -204,7 +207,11 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
             sys.executable, "-m", "scirepo", "--config", str(site), "-q", "storage",
             "transfer", "--db", str(db), "--json",
         ]  # fmt: skip
-    tools = ["cp -a", "rsync -a", "rsync -a; sync", "rsync --remove-source-files", *clis]
+    tools = ["cp -a", "rsync -a", "rsync -a; sync", "rsync --remove-source-files",
+             "rsync -a; sync; rm", "rsync --fsync --remove-source-files", *clis]  # fmt: skip
+    if "--fsync" not in subprocess.run(["rsync", "--help"], capture_output=True, text=True).stdout:
+        print("rsync has no --fsync (it came in 3.2.4): that row is left out", file=sys.stderr)
+        tools.remove("rsync --fsync --remove-source-files")
     # Compiling the modules on every start is not what the installed CLI does.
     cli_env = {**os.environ, "PYTHONPYCACHEPREFIX": str(scratch / "pycache")}
     cli_env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -245,6 +252,12 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
                 elif tool == "rsync --remove-source-files":
                     sec = timed(["rsync", "-a", "--remove-source-files", f"{upload / name}/",
                                  f"{dest}/"])  # fmt: skip
+                elif tool == "rsync -a; sync; rm":
+                    sec = timed(["sh", "-c", f"rsync -a '{upload / name}/' '{dest}/' && sync && "
+                                 f"rm -r '{upload / name}'"])  # fmt: skip
+                elif tool == "rsync --fsync --remove-source-files":
+                    sec = timed(["rsync", "-a", "--fsync", "--remove-source-files",
+                                 f"{upload / name}/", f"{dest}/"])  # fmt: skip
                 else:
                     t0 = time.perf_counter()
                     res = subprocess.run(clis[tool], cwd=REPO, env=cli_env, capture_output=True,
