@@ -8,7 +8,7 @@ SCIREPO := $(VENV)/bin/scirepo
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help up down clean deploy test lint unit integration images locks config-docs ci-local \
+.PHONY: help up down clean deploy test lint unit images locks config-docs ci-local \
 	bench
 
 help: ## List the targets

@@ -107,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="most servers --verify-capacity starts (default 100)")  # fmt: skip
     p.add_argument("--settle", type=float, default=60.0,
                    help="longest wait for memory to settle, s (default 60)")  # fmt: skip
-    p.add_argument("--accounts-rounds", type=int, default=4)
+    p.add_argument("--accounts-rounds", type=int, default=4,
+                   help="accounts: signups approved, then SSH logins (default 4)")  # fmt: skip
     p.add_argument("--destructive", action="store_true",
                    help="makeup: also the cold `make up` after `make clean` (deletes the "
                    "local host's data)")  # fmt: skip

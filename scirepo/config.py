@@ -591,6 +591,8 @@ def _type_text(node: dict) -> str:
     typ = node.get("type", "any")
     label = _def_text(node) or names.get(typ, typ)
     parts = []
+    if isinstance(node.get("enum"), list):
+        label = "one of " + ", ".join(f"`{v}`" for v in node["enum"])
     if typ == "array" and isinstance(node.get("items"), dict):
         items = _deref(node["items"])
         inner = items.get("type", "any")

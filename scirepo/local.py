@@ -9,6 +9,7 @@ is already done, so a second `up` is quick and the playbook reports changed=0.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -349,6 +350,15 @@ def clean(site: Path, keep_images: bool = False) -> int:
     return 0
 
 
+def _command(parser: argparse.ArgumentParser, command: list[str]) -> list[str]:
+    """`local exec`'s command, without a leading `--`; none is a usage error (exit 2)."""
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        parser.error("the command to run is missing: local exec COMMAND [ARG ...]")
+    return command
+
+
 def exec_on_host(site: Path, command: list[str]) -> int:
     """Run a command as root on the local host (what `sudo` over SSH is on a real host)."""
     cfg = siteconfig.resolve(siteconfig.load(site))
@@ -381,7 +391,13 @@ def register(subparsers) -> None:
                 help="keep the images in the local registry (the next up pushes nothing new)",
             )
             s.set_defaults(func=lambda a: clean(a.site, keep_images=a.keep_images))
-    s = sub.add_parser("exec", help="run a command as root on the local host")
+    s = sub.add_parser(
+        "exec",
+        help="run a command as root on the local host",
+        description="Run COMMAND as root on the local host. Everything after COMMAND is its "
+        "own, options included: local exec scirepo user add jdoe --name 'John Doe'.",
+    )
     s.add_argument("--site", type=Path, default=Path("site.yml"))
-    s.add_argument("command", nargs="+")
-    s.set_defaults(func=lambda a: exec_on_host(a.site, a.command))
+    # REMAINDER: the command's own options (--name ...) are not taken for exec's.
+    s.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    s.set_defaults(func=lambda a, p=s: exec_on_host(a.site, _command(p, a.command)))

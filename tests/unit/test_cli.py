@@ -68,3 +68,36 @@ def test_one_verb_does_not_import_the_others():
     for other in ("scirepo.accounts.cli", "scirepo.local", "scirepo.backup", "scirepo.health",
                   "scirepo.authd", "scirepo.images", "scirepo.deploy"):  # fmt: skip
         assert other not in loaded
+
+
+@pytest.mark.parametrize(
+    ("argv", "site", "command"),
+    [
+        # The README's example: the user's options belong to the command, not to exec.
+        (["local", "exec", "scirepo", "user", "add", "jdoe", "--name", "John Doe",
+          "--email", "jdoe@example.org"], "site.yml",
+         ["scirepo", "user", "add", "jdoe", "--name", "John Doe", "--email", "jdoe@example.org"]),
+        (["local", "exec", "--site", "other.yml", "--", "ls", "-l"], "other.yml", ["ls", "-l"]),
+        (["local", "exec", "id"], "site.yml", ["id"]),
+    ],
+)  # fmt: skip
+def test_local_exec_passes_the_command_with_its_own_options(monkeypatch, argv, site, command):
+    from scirepo import local
+
+    ran = []
+    monkeypatch.setattr(local, "exec_on_host", lambda s, c: ran.append((str(s), c)) or 0)
+    args = cli.build_parser("local").parse_args(argv)
+    assert args.func(args) == 0
+    assert ran == [(site, command)]
+
+
+@pytest.mark.parametrize("argv", [["local", "exec"], ["local", "exec", "--"]])
+def test_local_exec_without_a_command_is_a_usage_error(monkeypatch, capsys, argv):
+    from scirepo import local
+
+    monkeypatch.setattr(local, "exec_on_host", lambda s, c: pytest.fail("ran nothing"))
+    args = cli.build_parser("local").parse_args(argv)
+    with pytest.raises(SystemExit) as exc:
+        args.func(args)
+    assert exc.value.code == 2
+    assert "the command to run is missing" in capsys.readouterr().err

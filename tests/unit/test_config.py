@@ -366,9 +366,12 @@ def test_docs_list_every_key_with_description_and_default():
             continue
         assert f"`{path}`" in docs, path
         assert node.get("description"), f"{path} has no description in the schema"
+        section = docs.split(f"# `{path}`\n", 1)[1].split("\n#", 1)[0]  # under its heading
         if "default" in node:
-            section = docs.split(f"`{path}`\n", 1)[1].split("\n#", 1)[0]
             assert f"Default: `{json.dumps(node['default'])}`" in section, path
+        if "enum" in node:  # the allowed values, not "any"
+            values = ", ".join(f"`{v}`" for v in node["enum"])
+            assert f"Type: one of {values}" in section, path
 
 
 def test_example_sets_only_schema_keys():
