@@ -22,6 +22,7 @@ from .conftest import (
     changed_tasks,
     deploy_local,
     on_host,
+    scirepo_cli,
     ssh_client,
     ssh_run,
 )
@@ -149,6 +150,19 @@ def test_ssh_login_with_password_and_wrong_password_fails(users, cfg):
 def test_root_cannot_log_in_over_ssh(cfg):
     with pytest.raises(Exception, match="[Aa]uthentication"):
         ssh_client(cfg, "root", "anything")
+
+
+def test_readme_add_a_user_command_makes_a_user_who_logs_in(users, site_path):
+    """The README's "Add a user" line, as an operator types it: `scirepo local exec` passes
+    the command's own options (--name, --email) on, and the printed password logs in."""
+    name = f"rd{secrets.token_hex(3)}"
+    users.made.append(name)  # removed with the others
+    res = scirepo_cli("local", "exec", "--site", str(site_path), "scirepo", "user", "add", name,
+                      "--name", "Read Me", "--email", f"{name}@example.org")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    printed = re.search(r"^temporary password: (\S+)$", res.stdout, re.MULTILINE)
+    assert printed, res.stdout
+    assert users.hub(name).login(printed.group(1))
 
 
 def test_wrong_password_is_refused_by_the_hub(users):
