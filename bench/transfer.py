@@ -248,13 +248,13 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
                 elif tool == "rsync -a":
                     sec = timed(["rsync", "-a", f"{src}/", f"{dest}/"])
                 elif tool == "rsync -a; sync":
-                    sec = timed(["sh", "-c", f"rsync -a '{src}/' '{dest}/' && sync"])
+                    sec = timed(["sh", "-c", 'rsync -a "$1/" "$2/" && sync', "sh", src, dest])
                 elif tool == "rsync --remove-source-files":
                     sec = timed(["rsync", "-a", "--remove-source-files", f"{upload / name}/",
                                  f"{dest}/"])  # fmt: skip
                 elif tool == "rsync -a; sync; rm":
-                    sec = timed(["sh", "-c", f"rsync -a '{upload / name}/' '{dest}/' && sync && "
-                                 f"rm -r '{upload / name}'"])  # fmt: skip
+                    sec = timed(["sh", "-c", 'rsync -a "$1/" "$2/" && sync && rm -r "$1"', "sh",
+                                 upload / name, dest])  # fmt: skip
                 elif tool == "rsync --fsync --remove-source-files":
                     sec = timed(["rsync", "-a", "--fsync", "--remove-source-files",
                                  f"{upload / name}/", f"{dest}/"])  # fmt: skip
@@ -277,10 +277,10 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
                         sys.exit(f"transfer of {name}: files left in the sandbox")
                 runs.setdefault(tool, []).append(sec)
                 cpu.setdefault((name, tool), []).append(cpu_seconds() - cpu0)
-                print(f"round {rnd + 1} {name:<5} {tool:<27} {sec:7.3f} s", file=sys.stderr)
+                print(f"round {rnd + 1} {name:<5} {tool:<36} {sec:7.3f} s", file=sys.stderr)
 
     results = []
-    header = (f"{'data':<28} {'tool':<27} {'seconds':>8} {'MB/s':>8} {'files/s':>9} "
+    header = (f"{'data':<28} {'tool':<36} {'seconds':>8} {'MB/s':>8} {'files/s':>9} "
               f"{'x rsync':>8} {'CPU s':>6}")  # fmt: skip
     lines = [header, "-" * len(header)]
     for name in sets:
@@ -302,7 +302,7 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
                 row["phases"] = {k: round(statistics.median(v), 3)
                                  for k, v in phases[name, tool].items()}  # fmt: skip
             results.append(row)
-            lines.append(f"{label:<28} {tool:<27} {sec:8.3f} {row['mb_per_s']:8.1f} "
+            lines.append(f"{label:<28} {tool:<36} {sec:8.3f} {row['mb_per_s']:8.1f} "
                          f"{row['files_per_s']:9.1f} {row['ratio_to_rsync']:8.2f} "
                          f"{row['cpu_seconds']:6.2f}")  # fmt: skip
     for (name, tool), secs in inner.items():
