@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,15 @@ def timed(argv: list[str], **kw) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
     return time.perf_counter() - t0
+
+
+@functools.cache
+def rsync_has_fsync() -> bool:
+    """Whether this rsync has --fsync (3.2.4 and later); asked once, said once if not."""
+    help_text = subprocess.run(["rsync", "--help"], capture_output=True, text=True).stdout
+    if "--fsync" not in help_text:
+        print("rsync has no --fsync (it came in 3.2.4): that row is left out", file=sys.stderr)
+    return "--fsync" in help_text
 
 
 def cpu_seconds() -> float:
@@ -209,8 +219,7 @@ def measure(scratch: Path, args: argparse.Namespace) -> tuple[list[dict], list[s
         ]  # fmt: skip
     tools = ["cp -a", "rsync -a", "rsync -a; sync", "rsync --remove-source-files",
              "rsync -a; sync; rm", "rsync --fsync --remove-source-files", *clis]  # fmt: skip
-    if "--fsync" not in subprocess.run(["rsync", "--help"], capture_output=True, text=True).stdout:
-        print("rsync has no --fsync (it came in 3.2.4): that row is left out", file=sys.stderr)
+    if not rsync_has_fsync():
         tools.remove("rsync --fsync --remove-source-files")
     # Compiling the modules on every start is not what the installed CLI does.
     cli_env = {**os.environ, "PYTHONPYCACHEPREFIX": str(scratch / "pycache")}
