@@ -37,7 +37,7 @@ from targets import Target
 
 from scirepo.hubclient import HubUser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 VIEWPORT = {"width": 1280, "height": 900}
 SPAWN_DEADLINE = 180.0
 
@@ -222,7 +222,9 @@ def browser(target: Target, rounds: int) -> dict:
     """Login form submit to a rendered JupyterLab: a first visit without and with a running
     server, and a returning browser without a running server."""
     if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: scripts/bootstrap installs Debian's chromium")
+        raise RuntimeError(
+            f"{CHROMIUM} is missing: scripts/bootstrap installs Debian's chromium-headless-shell"
+        )
     from playwright.sync_api import sync_playwright
 
     cold, warm, returning = [], [], []

@@ -183,14 +183,14 @@ def ansible_recap(output: str) -> dict:
 
 # --------------------------------------------------------------------------- browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 SHOTS = REPO / "build" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: scripts/bootstrap installs it")
+        pytest.fail("Debian's chromium-headless-shell is missing: scripts/bootstrap installs it")
     from playwright.sync_api import sync_playwright
 
     # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
