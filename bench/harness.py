@@ -31,13 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from targets import Target
 
+from scirepo.browser import ARGS, CHROMIUM, MISSING
 from scirepo.hubclient import HubUser
 
-CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 VIEWPORT = {"width": 1280, "height": 900}
 SPAWN_DEADLINE = 180.0
 
@@ -222,20 +221,14 @@ def browser(target: Target, rounds: int) -> dict:
     """Login form submit to a rendered JupyterLab: a first visit without and with a running
     server, and a returning browser without a running server."""
     if not CHROMIUM.exists():
-        raise RuntimeError(
-            f"{CHROMIUM} is missing: scripts/bootstrap installs Debian's chromium-headless-shell"
-        )
+        raise RuntimeError(MISSING)
     from playwright.sync_api import sync_playwright
 
     cold, warm, returning = [], [], []
     users = target.new_users(rounds)
     # Each user's API session, to stop the server between logins (the browser's are apart).
     hubs = {name: api_login(target, name, password) for name, password in users}
-    args = [
-        "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", *target.browser_args(),
-    ]  # fmt: skip
+    args = [*ARGS, *target.browser_args()]
 
     def report(kind: str, seconds: float) -> None:
         print(f"  {target.name}: login to JupyterLab ({kind}) {seconds:.2f} s", flush=True)

@@ -32,7 +32,7 @@ import requests  # noqa: E402
 import stock  # noqa: E402
 
 from scirepo import config as siteconfig  # noqa: E402
-from scirepo import tls  # noqa: E402
+from scirepo.browser import trust_certificate  # noqa: E402
 from scirepo.dockercli import DOCKER, DockerError  # noqa: E402
 from scirepo.hub.config import HUB_NAME, PROXY_NAME  # noqa: E402
 from scirepo.hubclient import HubUser  # noqa: E402
@@ -207,8 +207,7 @@ class Scirepo(Target):
 
     def browser_args(self) -> list[str]:
         # Trust exactly the key of the host's certificate, as the browser test does.
-        spki = tls.spki_hash(self.state / "tls" / "server.crt")
-        return [f"--ignore-certificate-errors-spki-list={spki}"]
+        return [trust_certificate(self.state / "tls" / "server.crt")]
 
     def teardown(self) -> None:
         for name in self.made:

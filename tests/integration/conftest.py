@@ -17,6 +17,7 @@ import pytest
 import testinfra
 
 from scirepo import tls
+from scirepo.browser import ARGS, CHROMIUM, MISSING, trust_certificate
 from scirepo.dockercli import DOCKER
 from scirepo.hubclient import HubUser
 
@@ -183,31 +184,18 @@ def ansible_recap(output: str) -> dict:
 
 # --------------------------------------------------------------------------- browser
 
-CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 SHOTS = REPO / "build" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium-headless-shell is missing: scripts/bootstrap installs it")
+        pytest.fail(MISSING)
     from playwright.sync_api import sync_playwright
 
     # Trust exactly the host's certificate key (the local CA is checked by the TLS test).
-    spki = tls.spki_hash(REPO / ".scirepo" / "tls" / "server.crt")
+    trust = trust_certificate(REPO / ".scirepo" / "tls" / "server.crt")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={spki}",
-            ],
-        )
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[*ARGS, trust])
         yield b
         b.close()
