@@ -201,6 +201,56 @@ def test_entrypoint_groups_from_nb_groups(image):
     assert "scirepo-users" in out[2].split() and "g23501" in out[2].split()
 
 
+def test_entrypoint_writes_consistent_account_files(image, home):
+    """The entries the entrypoint writes itself (no useradd) are whole and consistent:
+    shadow's own checkers find nothing wrong with the user or its groups."""
+    script = (
+        "scirepo-start true && getent passwd alice && getent shadow alice"
+        " && getent group alice scirepo-users staff"
+        " && grep -E '^(alice|scirepo-users|staff):' /etc/gshadow;"
+        " pwck -r | grep alice; grpck -r; echo grpck $?"
+    )
+    lines = image.run(
+        "-c",
+        script,
+        opts=(
+            "--entrypoint",
+            "sh",
+            "-v",
+            f"{home}:/home/alice",
+            "-e",
+            "NB_GROUPS=alice:23456,scirepo-users:23500,staff:50",
+        ),
+        user_env=True,
+    ).stdout.splitlines()
+    assert lines[:2] == [f"alice:x:{UID}:{UID}::/home/alice:/bin/bash", "alice:!:::::::"]
+    assert lines[2:5] == [f"alice:x:{UID}:", "scirepo-users:x:23500:alice", "staff:x:50:alice"]
+    assert lines[5:8] == ["staff:*::alice", "alice:!::", "scirepo-users:!::alice"]
+    # pwck names no problem with alice (her home exists); grpck none at all.
+    assert lines[8:] == ["grpck 0"], lines
+
+
+def test_entrypoint_sets_the_group_list_again_on_each_start(image):
+    """A restarted container keeps /etc: each start makes the user a member of exactly the
+    groups NB_GROUPS names now (left groups dropped, new ones added, other members kept)."""
+    script = (
+        "NB_GROUPS=alice:23456,staff:50,proj-a:23600 scirepo-start id -Gn;"
+        " NB_GROUPS=alice:23456,proj-b:23601 scirepo-start id -Gn;"
+        " getent group staff proj-a proj-b"
+    )
+    out = image.run("-c", script, opts=("--entrypoint", "sh"), user_env=True).stdout.splitlines()
+    assert out[0].split() == ["alice", "staff", "proj-a"]
+    assert out[1].split() == ["alice", "proj-b"]
+    assert out[2:] == ["staff:x:50:", "proj-a:x:23600:", "proj-b:x:23601:alice"]
+
+
+def test_entrypoint_refuses_a_home_that_passwd_cannot_hold(image):
+    for home in ("/home/al:ice", "/home/al\nice", "home/alice"):
+        res = image.run("id", opts=("-e", f"NB_HOME={home}"), user_env=True, check=False)
+        assert res.returncode == 1, home
+        assert f"NB_HOME '{home}'" in res.stderr, res.stderr
+
+
 def test_entrypoint_refuses_root_and_missing_identity(image):
     res = image.run("id", opts=("-e", "NB_USER=alice", "-e", "NB_UID=0"), check=False)
     assert res.returncode == 1 and "NB_UID is 0" in res.stderr
@@ -301,6 +351,12 @@ def test_jupyterlab_serves_its_api_and_extension_as_the_user(image, home):
         announcements = "@jupyterlab/apputils-extension:announcements"
         assert announcements in page_config["disabledExtensions"], page_config["disabledExtensions"]
         assert page_config["news"] == {"disabled": True}, page_config["news"]
+        # The extension manager lists what the image has and offers no install: the venv
+        # is not the user's to write, so an install from PyPI could only fail.
+        manager = page_config["extensionManager"]
+        assert manager["name"] == "read-only" and manager["can_install"] is False, manager
+        installed = json.loads(_get(f"{base}/lab/api/extensions?refresh=0"))
+        assert "scirepo-lab" in {e["name"] for e in installed}, installed
         listen = (
             "import socket\n"
             "s = socket.create_server(('127.0.0.1', 443))\n"
