@@ -392,6 +392,61 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+LAB_SETTINGS_CHECK = """
+import json, os, sys, tempfile
+home = tempfile.mkdtemp()
+os.environ["HOME"] = home
+mine = os.path.join(home, ".jupyter/lab/user-settings/@jupyterlab/apputils-extension")
+os.makedirs(mine)
+with open(os.path.join(mine, "themes.jupyterlab-settings"), "w") as f:
+    f.write('{"theme": "JupyterLab Dark"}')
+with open(os.path.join(mine, "notification.jupyterlab-settings"), "w") as f:
+    f.write('{"fetchNews": 7}')  # not a string: refused with a warning
+from jupyterlab.labapp import LabApp
+from jupyterlab_server import settings_utils, translation_utils
+from jupyterlab_server.translation_utils import translator
+from scirepo_singleuser import labsettings
+lab = LabApp()
+dirs = dict(app_settings_dir=lab.app_settings_dir, schemas_dir=lab.schemas_dir,
+            settings_dir=lab.user_settings_dir,
+            labextensions_path=lab.extra_labextensions_path + lab.labextensions_path)
+translator.set_locale(translation_utils.SYS_LOCALE)  # what the settings handler does
+def answers():
+    every = settings_utils.get_settings(translator=translator.translate_schema, **dirs)
+    one = settings_utils.get_settings(schema_name="@jupyterlab/apputils-extension:themes",
+                                      translator=translator.translate_schema, **dirs)
+    return json.dumps([every, one], sort_keys=True)
+before = [answers(), answers()]
+applied = labsettings.apply()
+after = [answers(), answers()]
+broken = dict(json.loads(before[0])[0][0]["settings"][0]["schema"], type=7)
+try:
+    settings_utils.Validator.check_schema(broken)
+    refused = False
+except Exception:
+    refused = True
+print(json.dumps({"applied": applied, "locale": translator._LOCALE, "same": after == before,
+                  "answer": json.loads(after[-1]), "refused": refused}))
+"""
+
+
+def test_lab_settings_answers_are_the_same_without_the_spared_work(image):
+    """scirepo-singleuser's settings speed-ups (scirepo_singleuser/labsettings.py) change
+    nothing in the settings API's answers: every plugin's settings and one plugin's, with a
+    user setting kept and an invalid one refused with its warning; a broken schema is
+    still refused."""
+    res = image.run("python3", "-c", LAB_SETTINGS_CHECK, opts=("--user", "65534:65534"))
+    found = json.loads(res.stdout.strip().splitlines()[-1])
+    assert found["applied"] and found["same"] and found["refused"], found
+    # Why the translation walk ran for nothing: LANG=C.UTF-8 reads as en_US, which has no
+    # language pack here.
+    assert found["locale"] == "en_US"
+    (every, warnings), (one, _) = found["answer"]
+    assert len(every["settings"]) > 50
+    assert one["settings"] == {"theme": "JupyterLab Dark"}
+    assert len(warnings) == 1 and "apputils-extension:notification" in warnings[0], warnings
+
+
 def test_server_starts_without_the_slow_optional_imports(image):
     """The locks leave out what costs every server start time and memory for nothing
     (images.LOCK_OMIT), and the server extensions that serve nothing here are off."""

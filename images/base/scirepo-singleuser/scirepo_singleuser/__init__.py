@@ -50,6 +50,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import url_concat
 from traitlets import default
 
+from scirepo_singleuser import labsettings
+
 try:
     from jupyter_server.auth.decorator import allow_unauthenticated
 except ImportError:  # jupyter_server < 2.13: every handler may be reached unauthenticated
@@ -545,6 +547,8 @@ class ScirepoSingleUser(ExtensionApp):
 
     def initialize(self, argv=None):
         super().initialize()
+        # JupyterLab's settings API without work that changes nothing (labsettings.py).
+        labsettings.apply()
         app = self.serverapp
         if not isinstance(app.identity_provider, HubIdentityProvider):
             self.log.critical("scirepo-singleuser: the hub's login is not in effect; stopping")
