@@ -392,6 +392,62 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+KERNELSPECS_CHECK = """
+import json, os, sys
+import jupyter_server.serverapp
+import scirepo_singleuser
+os.environ.update({
+    'JUPYTERHUB_API_TOKEN': 't', 'JUPYTERHUB_API_URL': 'http://hub:8081/hub/api',
+    'JUPYTERHUB_CLIENT_ID': 'jupyterhub-user-ann', 'JUPYTERHUB_SERVICE_PREFIX': '/user/ann/',
+    'JUPYTERHUB_SERVICE_URL': 'http://127.0.0.1:8888/user/ann/', 'JUPYTERHUB_USER': 'ann',
+    'JUPYTERHUB_OAUTH_ACCESS_SCOPES': '["access:servers!server=ann/"]',
+})
+found = {}
+def stop(self):  # the server is ready to serve: look at it instead
+    found['app'] = self
+    raise SystemExit(0)
+jupyter_server.serverapp.ServerApp.start_ioloop = stop
+sys.argv = ['scirepo-singleuser', *sys.argv[1:]]
+try:
+    scirepo_singleuser.main()
+except SystemExit:
+    pass
+ksm = found['app'].kernel_spec_manager
+specs = ksm.get_all_specs()
+ipython = 'IPython' in sys.modules
+from jupyter_client.kernelspec import KernelSpecManager
+stock = KernelSpecManager()
+print(json.dumps({'class': type(ksm).__name__, 'ipython': ipython, 'names': sorted(specs),
+                  'same': specs == stock.get_all_specs(), 'dirs': ksm.kernel_dirs,
+                  'stock_dirs': stock.kernel_dirs}))
+"""
+
+
+def test_server_finds_kernel_specs_without_importing_ipython(image, home):
+    """The server's kernel specs are jupyter_client's, from the same directories, found
+    without importing IPython into the server (scirepo_singleuser/kernelspecs.py); a
+    config that names its own manager keeps it."""
+
+    def check(*args: str) -> dict:
+        res = image.run(
+            "python3",
+            "-c",
+            KERNELSPECS_CHECK,
+            *args,
+            opts=("-v", f"{home}:/home/alice"),
+            user_env=True,
+        )
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    found = check()
+    assert found["class"] == "KernelSpecs" and not found["ipython"], found
+    assert found["same"] and "python3" in found["names"], found
+    assert found["dirs"] == found["stock_dirs"], found
+    assert found["dirs"][-1] == "/home/alice/.ipython/kernels", found
+    own = check("--ServerApp.kernel_spec_manager_class=jupyter_client.kernelspec.KernelSpecManager")
+    assert own["class"] == "KernelSpecManager", own
+
+
 LAB_SETTINGS_CHECK = """
 import json, os, sys, tempfile
 home = tempfile.mkdtemp()

@@ -45,6 +45,7 @@ from urllib.parse import urlencode, urlparse
 from jupyter_server.auth import IdentityProvider, User
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.gateway.gateway_client import GatewayClient
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import url_concat
@@ -540,6 +541,15 @@ class ScirepoSingleUser(ExtensionApp):
             cfg.default_url = self.default_url = hub.default_url
         elif "lab" in self.serverapp.extension_manager.extension_points:
             cfg.default_url = self.default_url = "/lab"
+        # Kernel specs without importing IPython into the server (kernelspecs.py), unless a
+        # config file names its own manager or a kernel gateway runs the kernels.
+        # (The server makes the same GatewayClient singleton, from the same config, later.)
+        server = self.serverapp
+        if (
+            "kernel_spec_manager_class" not in server.config.ServerApp
+            and not GatewayClient.instance(parent=server).gateway_enabled
+        ):
+            cfg.kernel_spec_manager_class = "scirepo_singleuser.kernelspecs.KernelSpecs"
         for cls_name, cls_config in (self.serverapp.cli_config or {}).items():
             if cls_name in self.config:
                 self.config[cls_name].merge(cls_config)
