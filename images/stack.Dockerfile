@@ -21,3 +21,7 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then set -- --cert /run/secrets/ca; fi; \
     pip install "$@" --no-deps --require-hashes --only-binary :all: --compile \
         -r /tmp/requirements.txt
+
+# The stack's packages may add JupyterLab extensions with settings schemas: record the
+# schemas checked again (base image's Dockerfile, scirepo_singleuser/labsettings.py).
+RUN python -m scirepo_singleuser.labsettings

@@ -474,7 +474,12 @@ def answers():
     return json.dumps([every, one], sort_keys=True)
 before = [answers(), answers()]
 applied = labsettings.apply()
+preloaded = len(settings_utils.Validator.passed)  # from the image's record, before any call
 after = [answers(), answers()]
+again = os.path.join(tempfile.mkdtemp(), "checked")
+recorded = labsettings.record(again)
+with open(labsettings.CHECKED) as a, open(again) as b:
+    same_record = a.read() == b.read()
 broken = dict(json.loads(before[0])[0][0]["settings"][0]["schema"], type=7)
 try:
     settings_utils.Validator.check_schema(broken)
@@ -482,7 +487,8 @@ try:
 except Exception:
     refused = True
 print(json.dumps({"applied": applied, "locale": translator._LOCALE, "same": after == before,
-                  "answer": json.loads(after[-1]), "refused": refused}))
+                  "answer": json.loads(after[-1]), "refused": refused,
+                  "preloaded": preloaded, "recorded": recorded, "same_record": same_record}))
 """
 
 
@@ -490,15 +496,19 @@ def test_lab_settings_answers_are_the_same_without_the_spared_work(image):
     """scirepo-singleuser's settings speed-ups (scirepo_singleuser/labsettings.py) change
     nothing in the settings API's answers: every plugin's settings and one plugin's, with a
     user setting kept and an invalid one refused with its warning; a broken schema is
-    still refused."""
+    still refused. The schemas checked when the image was built are every schema served."""
     res = image.run("python3", "-c", LAB_SETTINGS_CHECK, opts=("--user", "65534:65534"))
     found = json.loads(res.stdout.strip().splitlines()[-1])
     assert found["applied"] and found["same"] and found["refused"], found
+    # The image was built with the record of its schemas, loaded before any call: it is
+    # what checking them again gives, every schema the listing serves.
+    assert found["same_record"] and found["preloaded"] == found["recorded"], found
     # Why the translation walk ran for nothing: LANG=C.UTF-8 reads as en_US, which has no
     # language pack here.
     assert found["locale"] == "en_US"
     (every, warnings), (one, _) = found["answer"]
     assert len(every["settings"]) > 50
+    assert found["recorded"] == len(every["settings"]), found["recorded"]
     assert one["settings"] == {"theme": "JupyterLab Dark"}
     assert len(warnings) == 1 and "apputils-extension:notification" in warnings[0], warnings
 

@@ -51,8 +51,6 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import url_concat
 from traitlets import default
 
-from scirepo_singleuser import labsettings
-
 try:
     from jupyter_server.auth.decorator import allow_unauthenticated
 except ImportError:  # jupyter_server < 2.13: every handler may be reached unauthenticated
@@ -557,7 +555,10 @@ class ScirepoSingleUser(ExtensionApp):
 
     def initialize(self, argv=None):
         super().initialize()
-        # JupyterLab's settings API without work that changes nothing (labsettings.py).
+        # JupyterLab's settings API without work that changes nothing (labsettings.py;
+        # imported here, so that `python -m scirepo_singleuser.labsettings` runs it once).
+        from scirepo_singleuser import labsettings  # noqa: PLC0415
+
         labsettings.apply()
         app = self.serverapp
         if not isinstance(app.identity_provider, HubIdentityProvider):

@@ -5,10 +5,12 @@ JupyterLab asks its server for every plugin's settings at each page load, twice
 seventy schemas, jupyterlab_server (`settings_utils.get_settings`):
 
 1. checks the schema against JSON Schema's meta-schema (`Draft7Validator.check_schema`),
-   every time, although the schema files are the image's own and never change while the
-   server runs. Here each distinct schema (the schema after the overrides, as checked) is
-   checked once per server; a schema that fails is checked, and refused, every time as
-   before.
+   every time, although the schema files are the image's own and never change. Here each
+   distinct schema (the schema after the overrides, as checked) is checked once: when the
+   image is built (`python -m scirepo_singleuser.labsettings`, which writes the digests
+   of the schemas that pass to CHECKED), else once per server. A schema that is not in
+   that file (a user's own extension, a user's overrides) is checked at its first use; one
+   that fails is checked, and refused, every time as before.
 2. walks the schema with its regular expressions to translate titles and descriptions
    into the page's locale, even when there is nothing to translate them with. The image
    has no language pack, and its `LANG=C.UTF-8` makes Python report the locale `en_US`,
@@ -17,9 +19,10 @@ seventy schemas, jupyterlab_server (`settings_utils.get_settings`):
    returns every string unchanged: exactly what the walk would produce. With a language
    pack installed (a real translation), the walk runs as before.
 
-Together they took about 30 of the 55 ms one listing took (`bench` note in the README);
-the answers are the same (tests/images/test_base_image.py compares them). Both are applied
-by `apply()` at server start to the pinned jupyterlab_server of the image's lock.
+A listing took 53-65 ms; it takes 15-28 ms, the first one in a new server included (the
+README's list of what makes a server start sooner). The answers are the same
+(tests/images/test_base_image.py compares them). `apply()` installs both at server start
+in the pinned jupyterlab_server of the image's lock.
 """
 
 from __future__ import annotations
@@ -27,15 +30,26 @@ from __future__ import annotations
 import gettext
 import hashlib
 import json
+import os
+import sys
+import tempfile
+
+# Digests (sha256 of the canonical JSON, one hex per line) of the schemas found valid when
+# the image was built.
+CHECKED = os.path.join(sys.prefix, "share", "scirepo", "lab-schemas-checked")
+
+
+def digest(schema) -> bytes:
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).digest()
 
 
 class CheckedOnce:
     """Stands in for jsonschema's validator class in jupyterlab_server.settings_utils:
     the same class in every use, but `check_schema` checks each distinct schema once."""
 
-    def __init__(self, validator) -> None:
+    def __init__(self, validator, passed=()) -> None:
         self.validator = validator
-        self.passed: set[bytes] = set()  # sha256 of the canonical JSON of checked schemas
+        self.passed: set[bytes] = set(passed)  # digest() of the schemas found valid
 
     def __call__(self, *args, **kwargs):
         return self.validator(*args, **kwargs)
@@ -44,7 +58,7 @@ class CheckedOnce:
         return getattr(self.validator, name)
 
     def check_schema(self, schema, *args, **kwargs) -> None:
-        key = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).digest()
+        key = digest(schema)
         if key in self.passed:
             return
         self.validator.check_schema(schema, *args, **kwargs)
@@ -67,17 +81,70 @@ def untranslated_as_is(translator, translate_schema):
     return translate
 
 
-def apply() -> bool:
+def read_checked(path: str = CHECKED) -> set[bytes]:
+    """The digests in `path`; none if it is missing (a line that is not one is skipped:
+    its schema is checked at its first use)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    found = set()
+    for line in lines:
+        try:
+            key = bytes.fromhex(line)
+        except ValueError:
+            continue
+        if len(key) == hashlib.sha256().digest_size:
+            found.add(key)
+    return found
+
+
+def apply(checked: str = CHECKED) -> bool:
     """Install both in jupyterlab_server; False (nothing changed) without it."""
     try:
         from jupyterlab_server import settings_utils, translation_utils
     except ImportError:
         return False
     if not isinstance(settings_utils.Validator, CheckedOnce):
-        settings_utils.Validator = CheckedOnce(settings_utils.Validator)
+        settings_utils.Validator = CheckedOnce(settings_utils.Validator, read_checked(checked))
     translator = translation_utils.translator
     if not getattr(translator.translate_schema, "scirepo", False):
         translator.translate_schema = staticmethod(
             untranslated_as_is(translator, translator.translate_schema)
         )
     return True
+
+
+def record(path: str = CHECKED) -> int:
+    """Check every schema JupyterLab's settings API serves in this environment, with its
+    overrides, and write the digests of those that pass to `path`; their number. Run when
+    the image is built, after the last JupyterLab extension is installed."""
+    from jupyterlab.labapp import LabApp
+    from jupyterlab_server import settings_utils
+
+    lab = LabApp()
+    validator = settings_utils.Validator
+    if isinstance(validator, CheckedOnce):
+        validator = validator.validator
+    checker = CheckedOnce(validator)
+    settings_utils.Validator = checker
+    try:
+        with tempfile.TemporaryDirectory() as no_user_settings:
+            settings_utils.get_settings(
+                lab.app_settings_dir,
+                lab.schemas_dir,
+                no_user_settings,
+                labextensions_path=lab.extra_labextensions_path + lab.labextensions_path,
+            )
+    finally:
+        settings_utils.Validator = validator
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="ascii") as f:
+        f.writelines(f"{key.hex()}\n" for key in sorted(checker.passed))
+    return len(checker.passed)
+
+
+if __name__ == "__main__":
+    count = record(sys.argv[1] if len(sys.argv) > 1 else CHECKED)
+    print(f"{count} JupyterLab settings schemas checked", file=sys.stderr)
