@@ -234,14 +234,16 @@ def test_entrypoint_sets_the_group_list_again_on_each_start(image):
     """A restarted container keeps /etc: each start makes the user a member of exactly the
     groups NB_GROUPS names now (left groups dropped, new ones added, other members kept)."""
     script = (
-        "NB_GROUPS=alice:23456,staff:50,proj-a:23600 scirepo-start id -Gn;"
+        # A line that is not an entry (blank) is kept as it is.
+        "echo >> /etc/group;"
+        " NB_GROUPS=alice:23456,staff:50,proj-a:23600 scirepo-start id -Gn;"
         " NB_GROUPS=alice:23456,proj-b:23601 scirepo-start id -Gn;"
-        " getent group staff proj-a proj-b"
+        " getent group staff proj-a proj-b; grep -c '^$' /etc/group"
     )
     out = image.run("-c", script, opts=("--entrypoint", "sh"), user_env=True).stdout.splitlines()
     assert out[0].split() == ["alice", "staff", "proj-a"]
     assert out[1].split() == ["alice", "proj-b"]
-    assert out[2:] == ["staff:x:50:", "proj-a:x:23600:", "proj-b:x:23601:alice"]
+    assert out[2:] == ["staff:x:50:", "proj-a:x:23600:", "proj-b:x:23601:alice", "1"]
 
 
 def test_entrypoint_refuses_a_home_that_passwd_cannot_hold(image):

@@ -124,10 +124,9 @@ def record(path: str = CHECKED) -> int:
     from jupyterlab_server import settings_utils
 
     lab = LabApp()
-    validator = settings_utils.Validator
-    if isinstance(validator, CheckedOnce):
-        validator = validator.validator
-    checker = CheckedOnce(validator)
+    installed = settings_utils.Validator
+    validator = installed.validator if isinstance(installed, CheckedOnce) else installed
+    checker = CheckedOnce(validator)  # starts with nothing passed: checks every schema
     settings_utils.Validator = checker
     try:
         with tempfile.TemporaryDirectory() as no_user_settings:
@@ -138,7 +137,7 @@ def record(path: str = CHECKED) -> int:
                 labextensions_path=lab.extra_labextensions_path + lab.labextensions_path,
             )
     finally:
-        settings_utils.Validator = validator
+        settings_utils.Validator = installed
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="ascii") as f:
         f.writelines(f"{key.hex()}\n" for key in sorted(checker.passed))
