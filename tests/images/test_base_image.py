@@ -74,8 +74,21 @@ def test_image_command_is_scirepo_singleuser(image):
     assert json.loads(image.inspect("{{json .Config.Cmd}}")) == ["scirepo-singleuser"]
 
 
-# Run in the image: the module's rules, and what importing it costs.
+# What the hub's spawner puts in a server's environment (the parts the server reads).
+HUB_ENV = {
+    "JUPYTERHUB_API_TOKEN": "t",
+    "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
+    "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-ann",
+    "JUPYTERHUB_SERVICE_PREFIX": "/user/ann/",
+    "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/ann/",
+    "JUPYTERHUB_USER": "ann",
+    "JUPYTERHUB_OAUTH_ACCESS_SCOPES": '["access:servers!server=ann/"]',
+}
+HUB_ENV_OPTS = tuple(arg for key, value in HUB_ENV.items() for arg in ("-e", f"{key}={value}"))
+
+# Run in the image, with HUB_ENV: the module's rules, and what importing it costs.
 SINGLEUSER_CHECKS = """
+import os
 import sys
 import scirepo_singleuser as su
 
@@ -102,12 +115,7 @@ named = {'access:servers!server=ann/lab2'}
 assert su.has_access(['access:servers!user=ann'], named)
 assert not su.has_access(['access:servers!server=ann/'], named)
 
-env = {
-    'JUPYTERHUB_API_TOKEN': 't', 'JUPYTERHUB_API_URL': 'http://hub:8081/hub/api',
-    'JUPYTERHUB_CLIENT_ID': 'jupyterhub-user-ann', 'JUPYTERHUB_SERVICE_PREFIX': '/user/ann/',
-    'JUPYTERHUB_SERVICE_URL': 'http://0.0.0.0:8888/user/ann/', 'JUPYTERHUB_USER': 'ann',
-    'JUPYTERHUB_OAUTH_ACCESS_SCOPES': '["access:servers!server=ann/"]',
-}
+env = {k: v for k, v in os.environ.items() if k.startswith('JUPYTERHUB_')}
 hub = su.HubSettings(env)
 assert (hub.hub_prefix, hub.callback_url) == ('/hub/', '/user/ann/oauth_callback')
 for bad, word in [
@@ -158,7 +166,9 @@ print('ok')
 
 
 def test_singleuser_rules_and_imports(image):
-    out = image.run("python", "-c", SINGLEUSER_CHECKS, opts=("--user", "65534:65534"))
+    out = image.run(
+        "python", "-c", SINGLEUSER_CHECKS, opts=("--user", "65534:65534", *HUB_ENV_OPTS)
+    )
     assert out.stdout.strip() == "ok"
 
 
@@ -394,16 +404,11 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+# Run in the image, with HUB_ENV: the server's kernel spec manager once it is set up.
 KERNELSPECS_CHECK = """
-import json, os, sys
+import json, sys
 import jupyter_server.serverapp
 import scirepo_singleuser
-os.environ.update({
-    'JUPYTERHUB_API_TOKEN': 't', 'JUPYTERHUB_API_URL': 'http://hub:8081/hub/api',
-    'JUPYTERHUB_CLIENT_ID': 'jupyterhub-user-ann', 'JUPYTERHUB_SERVICE_PREFIX': '/user/ann/',
-    'JUPYTERHUB_SERVICE_URL': 'http://127.0.0.1:8888/user/ann/', 'JUPYTERHUB_USER': 'ann',
-    'JUPYTERHUB_OAUTH_ACCESS_SCOPES': '["access:servers!server=ann/"]',
-})
 found = {}
 def stop(self):  # the server is ready to serve: look at it instead
     found['app'] = self
@@ -436,7 +441,7 @@ def test_server_finds_kernel_specs_without_importing_ipython(image, home):
             "-c",
             KERNELSPECS_CHECK,
             *args,
-            opts=("-v", f"{home}:/home/alice"),
+            opts=("-v", f"{home}:/home/alice", *HUB_ENV_OPTS),
             user_env=True,
         )
         return json.loads(res.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ seventy schemas, jupyterlab_server (`settings_utils.get_settings`):
    returns every string unchanged: exactly what the walk would produce. With a language
    pack installed (a real translation), the walk runs as before.
 
-A listing took 53-65 ms; it takes 15-28 ms, the first one in a new server included (the
+A listing took 51-65 ms; it takes 15-18 ms, the first one in a new server included (the
 README's list of what makes a server start sooner). The answers are the same
 (tests/images/test_base_image.py compares them). `apply()` installs both at server start
 in the pinned jupyterlab_server of the image's lock.
