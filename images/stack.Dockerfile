@@ -22,6 +22,9 @@ RUN --mount=type=secret,id=ca \
     pip install "$@" --no-deps --require-hashes --only-binary :all: --compile \
         -r /tmp/requirements.txt
 
-# The stack's packages may add JupyterLab extensions with settings schemas: record the
-# schemas checked again (base image's Dockerfile, scirepo_singleuser/labsettings.py).
-RUN python -m scirepo_singleuser.labsettings
+# The stack's packages may add JupyterLab extensions with settings schemas, and server
+# extensions with regular expressions: record the schemas checked and the regular
+# expressions compiled again (base image's Dockerfile, scirepo_singleuser/labsettings.py
+# and regexes.py).
+RUN python -m scirepo_singleuser.labsettings \
+    && python -c 'from scirepo_singleuser import regexes; regexes.main()'

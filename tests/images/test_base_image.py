@@ -404,6 +404,20 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+def run_with_hub_env(image, home, code: str, *args: str) -> dict:
+    """Run Python `code` (with `args`) in the image as the test user, with `home` and the
+    hub's environment (HUB_ENV); the JSON of its last line of output."""
+    res = image.run(
+        "python3",
+        "-c",
+        code,
+        *args,
+        opts=("-v", f"{home}:/home/alice", *HUB_ENV_OPTS),
+        user_env=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 # Run in the image, with HUB_ENV: the server's kernel spec manager once it is set up.
 KERNELSPECS_CHECK = """
 import json, sys
@@ -436,15 +450,7 @@ def test_server_finds_kernel_specs_without_importing_ipython(image, home):
     config that names its own manager keeps it."""
 
     def check(*args: str) -> dict:
-        res = image.run(
-            "python3",
-            "-c",
-            KERNELSPECS_CHECK,
-            *args,
-            opts=("-v", f"{home}:/home/alice", *HUB_ENV_OPTS),
-            user_env=True,
-        )
-        return json.loads(res.stdout.strip().splitlines()[-1])
+        return run_with_hub_env(image, home, KERNELSPECS_CHECK, *args)
 
     found = check()
     assert found["class"] == "KernelSpecs" and not found["ipython"], found
@@ -518,6 +524,70 @@ def test_lab_settings_answers_are_the_same_without_the_spared_work(image):
     assert found["recorded"] == len(every["settings"]), found["recorded"]
     assert one["settings"] == {"theme": "JupyterLab Dark"}
     assert len(warnings) == 1 and "apputils-extension:notification" in warnings[0], warnings
+
+
+# Run in the image, with HUB_ENV: which regular expressions a server's start compiles in
+# Python, the record made when the image was built, and a record of another Python.
+REGEXES_CHECK = """
+import json, marshal, os, re, sys, tempfile
+from re import _compiler
+python_compile = _compiler.compile
+missed = []
+def counting(p, flags=0):  # what the record lacks reaches Python's own compile
+    missed.append(p if isinstance(p, str) else repr(p))
+    return python_compile(p, flags)
+_compiler.compile = counting
+import scirepo_singleuser  # installs the record first (regexes.py)
+from scirepo_singleuser import regexes
+import jupyter_server.serverapp
+installed = getattr(_compiler.compile, regexes.MARK, None)
+at_start = []
+def stop(self):  # the server would serve now
+    at_start.extend(missed)
+    raise SystemExit(0)
+jupyter_server.serverapp.ServerApp.start_ioloop = stop
+sys.argv = ['scirepo-singleuser']
+try:
+    scirepo_singleuser.main()
+except SystemExit:
+    pass
+table = regexes.read()
+unlike = [p for (p, f), args in table.items()
+          if not regexes.same(regexes._sre.compile(p, *args), python_compile(p, f))]
+import jinja2.lexer
+# Not recorded: compiled by Python, as before.
+new = re.compile(r"(?P<who>[a-z]+)-" + str(os.getpid()))
+fresh = (new.pattern, 0) not in table and new.match("ann-%d" % os.getpid())["who"] == "ann"
+other = os.path.join(tempfile.mkdtemp(), "regexes")
+with open(other, "wb") as f:
+    marshal.dump((("another Python",), table), f)
+regexes.uninstall()
+prefix = os.environ['JUPYTERHUB_SERVICE_PREFIX']
+print(json.dumps({'installed': installed, 'recorded': len(table), 'unlike': unlike[:5],
+                  'jinja2': (jinja2.lexer.name_re.pattern, 0) in table, 'fresh': fresh,
+                  'missed': [m[:80] for m in at_start if prefix not in m],
+                  'routes': sum(prefix in m for m in at_start),
+                  'other': [len(regexes.read(other)), regexes.install(other)],
+                  'uninstalled': _compiler.compile is counting}))
+"""
+
+
+def test_server_start_compiles_its_regular_expressions_from_the_record(image, home):
+    """The regular expressions a server's start compiles come from the record made when
+    the image was built (scirepo_singleuser/regexes.py): each recorded one is the pattern
+    object Python compiles itself; Python compiles only the server's own routes (they name
+    the user) and patterns whose text changes with every process; a pattern not recorded
+    is compiled as before; a record written by another Python is not used."""
+    found = run_with_hub_env(image, home, REGEXES_CHECK)
+    assert found["installed"] == "installed" and found["uninstalled"], found
+    assert found["recorded"] > 250 and found["unlike"] == [], found
+    assert found["jinja2"] and found["fresh"], found  # jinja2's identifier class: 25-40 ms
+    assert found["routes"] > 20, found
+    # Left to Python at start: patterns built from a set, in string hash order, which
+    # differs from process to process (tokenize's string prefixes), and locale's, which
+    # the recording did not compile. Without the record Python compiles some 310.
+    assert len(found["missed"]) <= 5, found["missed"]
+    assert found["other"] == [0, 0], found
 
 
 def test_server_starts_without_the_slow_optional_imports(image):

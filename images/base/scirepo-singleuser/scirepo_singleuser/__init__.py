@@ -26,7 +26,15 @@ access scopes (`access:servers!group=...`, which jupyterhub's own check does not
 either). scirepo's hub sets none of them.
 """
 
+# ruff: noqa: E402 - the record of regular expressions is installed before the imports
+
 from __future__ import annotations
+
+# First of all: the regular expressions recorded when the image was built are not compiled
+# again by the imports below and the server's setup (regexes.py).
+from scirepo_singleuser import regexes as _regexes
+
+_regexes.install()
 
 import asyncio
 import base64
