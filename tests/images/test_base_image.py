@@ -542,8 +542,10 @@ from scirepo_singleuser import regexes
 import jupyter_server.serverapp
 installed = getattr(_compiler.compile, regexes.MARK, None)
 at_start = []
+server = []
 def stop(self):  # the server would serve now
     at_start.extend(missed)
+    server.append(self)
     raise SystemExit(0)
 jupyter_server.serverapp.ServerApp.start_ioloop = stop
 sys.argv = ['scirepo-singleuser']
@@ -551,9 +553,14 @@ try:
     scirepo_singleuser.main()
 except SystemExit:
     pass
+import asyncio
+set_up = [getattr(_compiler.compile, regexes.MARK, None)]
+ext = next(iter(server[0].extension_manager.extension_apps['scirepo_singleuser']))
+asyncio.run(ext._start_jupyter_server_extension(server[0]))  # as the server starts serving
+set_up.append(getattr(_compiler.compile, regexes.MARK, None))
 table = regexes.read()
 unlike = [p for (p, f), args in table.items()
-          if not regexes.same(regexes._sre.compile(p, *args), python_compile(p, f))]
+          if not regexes.same(regexes.build(p, args), python_compile(p, f))]
 import jinja2.lexer
 # Not recorded: compiled by Python, as before.
 new = re.compile(r"(?P<who>[a-z]+)-" + str(os.getpid()))
@@ -563,7 +570,8 @@ with open(other, "wb") as f:
     marshal.dump((("another Python",), table), f)
 regexes.uninstall()
 prefix = os.environ['JUPYTERHUB_SERVICE_PREFIX']
-print(json.dumps({'installed': installed, 'recorded': len(table), 'unlike': unlike[:5],
+print(json.dumps({'installed': installed, 'set_up': set_up, 'recorded': len(table),
+                  'unlike': unlike[:5],
                   'jinja2': (jinja2.lexer.name_re.pattern, 0) in table, 'fresh': fresh,
                   'missed': [m[:80] for m in at_start if prefix not in m],
                   'routes': sum(prefix in m for m in at_start),
@@ -576,10 +584,13 @@ def test_server_start_compiles_its_regular_expressions_from_the_record(image, ho
     """The regular expressions a server's start compiles come from the record made when
     the image was built (scirepo_singleuser/regexes.py): each recorded one is the pattern
     object Python compiles itself; Python compiles only the server's own routes (they name
-    the user) and patterns whose text changes with every process; a pattern not recorded
-    is compiled as before; a record written by another Python is not used."""
+    the user) and patterns whose text changes with every process; the record is let go
+    once the server serves; a pattern not recorded is compiled as before; a record
+    written by another Python is not used."""
     found = run_with_hub_env(image, home, REGEXES_CHECK)
     assert found["installed"] == "installed" and found["uninstalled"], found
+    # Once the server serves, Python's own compile is back and the record let go.
+    assert found["set_up"] == ["installed", None], found
     assert found["recorded"] > 250 and found["unlike"] == [], found
     assert found["jinja2"] and found["fresh"], found  # jinja2's identifier class: 25-40 ms
     assert found["routes"] > 20, found

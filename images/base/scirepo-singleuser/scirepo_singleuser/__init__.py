@@ -579,6 +579,10 @@ class ScirepoSingleUser(ExtensionApp):
         headers["X-JupyterHub-Version"] = _hub_version()
 
     async def _start_jupyter_server_extension(self, serverapp):
+        # The server serves: the recorded regular expressions have served its start.
+        # Python's own compile is back, and the record (0.6 MiB) is not kept for the life
+        # of the server.
+        _regexes.uninstall()
         if serverapp.identity_provider.hub.activity_url:
             self._activity_task = asyncio.ensure_future(self._report_activity())
 
