@@ -24,8 +24,9 @@ server serves it calls `uninstall()`: Python's own compile is back, and the reco
 (0.57 MiB as lists of ints; the codes are stored packed, as bytes) is not held for the
 life of the server.
 
-Compiling the 312 recorded patterns takes Python 55-61 ms; making them from the record,
-0.3 ms, and reading it 1 ms. From the interpreter's start to a server ready to serve, in
+Compiling the 312 recorded patterns takes Python 55-61 ms; reading the record takes
+0.2-0.5 ms, and making them from it (unpacking the codes, then `_sre.compile`) about
+1 ms. From the interpreter's start to a server ready to serve, in
 the base image, 15 starts each in turns: median 0.658 s without the record, 0.587 s with
 it (74 ms less per pair, median; faster in 12 of 15 pairs).
 
