@@ -580,7 +580,7 @@ class ScirepoSingleUser(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp):
         # The server serves: the recorded regular expressions have served its start.
-        # Python's own compile is back, and the record (0.6 MiB) is not kept for the life
+        # Python's own compile is back, and the record (0.57 MiB) is not kept for the life
         # of the server.
         _regexes.uninstall()
         if serverapp.identity_provider.hub.activity_url:

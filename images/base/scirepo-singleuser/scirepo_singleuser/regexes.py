@@ -39,13 +39,14 @@ import _sre
 import array
 import marshal
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from re import _compiler, _parser
 
 RECORD = os.path.join(sys.prefix, "share", "scirepo", "regexes")
-DEBUG = 128  # re.DEBUG: such a compile prints its codes, so it is never recorded
+DEBUG = int(re.DEBUG)  # such a compile prints its codes, so it is never recorded
 # A hook already in place (a recording under way, or an earlier install) carries this name.
 MARK = "scirepo_regexes"
 # The recording starts a server twice, as two users and with two string hash seeds: what
