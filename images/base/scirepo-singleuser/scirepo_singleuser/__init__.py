@@ -26,7 +26,8 @@ access scopes (`access:servers!group=...`, which jupyterhub's own check does not
 either). scirepo's hub sets none of them.
 """
 
-# ruff: noqa: E402 - the record of regular expressions is installed before the imports
+# ruff: noqa: E402 - the record of regular expressions and the deferred modules are installed
+# before the imports
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ from __future__ import annotations
 from scirepo_singleuser import regexes as _regexes
 
 _regexes.install()
+
+# Then: the modules the imports below make but the start never uses are not run until
+# their first use (deferred.py).
+from scirepo_singleuser import deferred as _deferred
+
+_deferred.install()
 
 import asyncio
 import base64
@@ -583,6 +590,8 @@ class ScirepoSingleUser(ExtensionApp):
         # Python's own compile is back, and the record (0.57 MiB) is not kept for the life
         # of the server.
         _regexes.uninstall()
+        # Imports are as usual from now on (a module deferred so far runs at its first use).
+        _deferred.uninstall()
         if serverapp.identity_provider.hub.activity_url:
             self._activity_task = asyncio.ensure_future(self._report_activity())
 
