@@ -421,19 +421,8 @@ def run_with_hub_env(image, home, code: str, *args: str) -> dict:
 # Run in the image, with HUB_ENV: the server's kernel spec manager once it is set up.
 KERNELSPECS_CHECK = """
 import json, sys
-import jupyter_server.serverapp
 import scirepo_singleuser
-found = {}
-def stop(self):  # the server is ready to serve: look at it instead
-    found['app'] = self
-    raise SystemExit(0)
-jupyter_server.serverapp.ServerApp.start_ioloop = stop
-sys.argv = ['scirepo-singleuser', *sys.argv[1:]]
-try:
-    scirepo_singleuser.main()
-except SystemExit:
-    pass
-ksm = found['app'].kernel_spec_manager
+ksm = scirepo_singleuser.set_up(*sys.argv[1:]).kernel_spec_manager
 specs = ksm.get_all_specs()
 ipython = 'IPython' in sys.modules
 from jupyter_client.kernelspec import KernelSpecManager
@@ -526,6 +515,58 @@ def test_lab_settings_answers_are_the_same_without_the_spared_work(image):
     assert len(warnings) == 1 and "apputils-extension:notification" in warnings[0], warnings
 
 
+# Run in the image, with HUB_ENV: the modules a server's start leaves unrun (deferred.py),
+# then each one's first use, once the server serves.
+DEFERRED_CHECK = """
+import asyncio, json, sys
+import scirepo_singleuser
+from scirepo_singleuser import deferred
+server = scirepo_singleuser.set_up()
+pending = deferred.pending()
+urllib3 = 'urllib3' in sys.modules
+ext = next(iter(server.extension_manager.extension_apps['scirepo_singleuser']))
+asyncio.run(ext._start_jupyter_server_extension(server))  # as the server starts serving
+finders = [f for f in sys.meta_path if getattr(f, deferred.MARK, False)]
+import arrow, babel, platformdirs, requests, uri_template, webcolors, websocket
+from jsonschema import Draft3Validator, Draft202012Validator
+formats = Draft202012Validator.FORMAT_CHECKER
+uses = {
+    'arrow': arrow.get('2026-12-04T10:00:00+00:00').year,
+    'babel': babel.Locale.parse('fr_FR').get_display_name('en'),
+    'platformdirs': platformdirs.user_data_dir('jupyter', appauthor=False),
+    'requests': requests.Session().headers['User-Agent'].split('/')[0],
+    'uri_template': [uri_template.validate('/user/{name}'), uri_template.validate('/x/{y')],
+    'webcolors': webcolors.name_to_hex('white'),
+    'websocket': websocket.WebSocket.__name__,
+    'formats': [formats.conforms('P1D', 'duration'), formats.conforms('P1X', 'duration'),
+                formats.conforms('/x/{y', 'uri-template'),
+                Draft3Validator.FORMAT_CHECKER.conforms('not a colour', 'color')],
+}
+print(json.dumps({'pending': pending, 'listed': sorted(deferred.MODULES), 'urllib3': urllib3,
+                  'finders': len(finders), 'uses': uses, 'left': deferred.pending()}))
+"""
+
+
+def test_server_start_leaves_the_modules_it_does_not_use_unrun(image, home):
+    """Every module deferred.py lists is imported by the server's start but not run until
+    its first use (requests, and with it urllib3, not at all); once the server serves,
+    imports are as usual, and each module works at its first use, as do jsonschema's
+    formats that use them."""
+    found = run_with_hub_env(image, home, DEFERRED_CHECK)
+    assert found["pending"] == found["listed"], found
+    assert not found["urllib3"] and found["finders"] == 0 and found["left"] == [], found
+    assert found["uses"] == {
+        "arrow": 2026,
+        "babel": "French (France)",
+        "platformdirs": "/home/alice/.local/share/jupyter",
+        "requests": "python-requests",
+        "uri_template": [True, False],
+        "webcolors": "#ffffff",
+        "websocket": "WebSocket",
+        "formats": [True, False, False, False],
+    }, found["uses"]
+
+
 # Run in the image, with HUB_ENV: which regular expressions a server's start compiles in
 # Python, the record made when the image was built, and a record of another Python.
 REGEXES_CHECK = """
@@ -539,24 +580,13 @@ def counting(p, flags=0):  # what the record lacks reaches Python's own compile
 _compiler.compile = counting
 import scirepo_singleuser  # installs the record first (regexes.py)
 from scirepo_singleuser import regexes
-import jupyter_server.serverapp
 installed = getattr(_compiler.compile, regexes.MARK, None)
-at_start = []
-server = []
-def stop(self):  # the server would serve now
-    at_start.extend(missed)
-    server.append(self)
-    raise SystemExit(0)
-jupyter_server.serverapp.ServerApp.start_ioloop = stop
-sys.argv = ['scirepo-singleuser']
-try:
-    scirepo_singleuser.main()
-except SystemExit:
-    pass
+server = scirepo_singleuser.set_up()
+at_start = list(missed)
 import asyncio
 set_up = [getattr(_compiler.compile, regexes.MARK, None)]
-ext = next(iter(server[0].extension_manager.extension_apps['scirepo_singleuser']))
-asyncio.run(ext._start_jupyter_server_extension(server[0]))  # as the server starts serving
+ext = next(iter(server.extension_manager.extension_apps['scirepo_singleuser']))
+asyncio.run(ext._start_jupyter_server_extension(server))  # as the server starts serving
 set_up.append(getattr(_compiler.compile, regexes.MARK, None))
 table = regexes.read()
 unlike = [p for (p, f), args in table.items()

@@ -52,6 +52,7 @@ import json
 import os
 import random
 import secrets
+import sys
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -621,3 +622,27 @@ def _jupyter_server_extension_points():
 
 
 main = ScirepoSingleUser.launch_instance
+
+
+def set_up(*argv: str):
+    """The server set up by `main()` with `argv`, up to the point where it would serve,
+    and not serving: for the records made when the image is built and for its tests."""
+    from jupyter_server.serverapp import ServerApp
+
+    found = []
+
+    def stop(self):
+        found.append(self)
+        raise SystemExit(0)
+
+    start_ioloop = ServerApp.start_ioloop
+    ServerApp.start_ioloop = stop
+    sys.argv = ["scirepo-singleuser", *argv]
+    try:
+        main()
+    except SystemExit:
+        if not found:
+            raise
+    finally:
+        ServerApp.start_ioloop = start_ioloop
+    return found[0]

@@ -141,15 +141,10 @@ def listing(p, flags=0):
     return stdlib(p, flags)
 listing.%(mark)s = "recording"  # install() leaves it in place
 _compiler.compile = listing
-import jupyter_server.serverapp
 import scirepo_singleuser
-def stop(self):  # the server would serve now
-    with open(out, "wb") as f:
-        marshal.dump(list(seen), f)
-    raise SystemExit(0)
-jupyter_server.serverapp.ServerApp.start_ioloop = stop
-sys.argv = ["scirepo-singleuser", "--allow-root"]  # the image build runs as root
-scirepo_singleuser.main()
+scirepo_singleuser.set_up("--allow-root")  # the image build runs as root
+with open(out, "wb") as f:
+    marshal.dump(list(seen), f)
 """
 
 
