@@ -29,7 +29,7 @@ import types
 # Who imports each at start, and what uses it.
 MODULES = {
     "arrow": "isoduration's parser (jsonschema); used to check a `duration` format",
-    "babel": "jupyterlab_server's translations; used to check a language pack's locale",
+    "babel": "jupyterlab_server's translations; used at JupyterLab's first translations call",
     "platformdirs": "jupyter_core.paths; used only with JUPYTER_PLATFORM_DIRS set",
     "requests": "jupyterlab_server's extension listings; used only when listings are set",
     "uri_template": "jsonschema's formats; used to check a `uri-template` format",

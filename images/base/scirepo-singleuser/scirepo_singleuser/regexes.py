@@ -2,7 +2,7 @@
 
 A server's start compiles some 370 regular expressions: 180 while importing Jupyter Server,
 JupyterLab and their dependencies (jinja2's identifier class alone takes 25-40 ms;
-rfc3986-validator, urllib3, semver and yaml have large ones), and 190 while it sets up.
+rfc3986-validator, semver and yaml have large ones), and 190 while it sets up.
 Python compiles a pattern in two steps: `re._parser` and `re._compiler` turn its text into
 a list of instruction codes, in Python, which is nearly all the time; then `_sre.compile`,
 in C, makes the pattern object from that list. The first step was the same work at every
@@ -24,9 +24,9 @@ server serves it calls `uninstall()`: Python's own compile is back, and the reco
 (0.57 MiB as lists of ints; the codes are stored packed, as bytes) is not held for the
 life of the server.
 
-Compiling the 312 recorded patterns takes Python 55-61 ms; reading the record takes
-0.2-0.5 ms, and making them from it (unpacking the codes, then `_sre.compile`) about
-1 ms. From the interpreter's start to a server ready to serve, in
+Compiling the 312 patterns recorded then (267 since deferred.py) takes Python 55-61 ms;
+reading the record takes 0.2-0.5 ms, and making them from it (unpacking the codes, then
+`_sre.compile`) about 1 ms. From the interpreter's start to a server ready to serve, in
 the base image, 15 starts each in turns: median 0.658 s without the record, 0.587 s with
 it (74 ms less per pair, median; faster in 12 of 15 pairs).
 
