@@ -24,7 +24,5 @@ RUN --mount=type=secret,id=ca \
 
 # The stack's packages may add JupyterLab extensions with settings schemas, and server
 # extensions with regular expressions: record the schemas checked and the regular
-# expressions compiled again (base image's Dockerfile, scirepo_singleuser/labsettings.py
-# and regexes.py).
-RUN python -m scirepo_singleuser.labsettings \
-    && python -c 'from scirepo_singleuser import regexes; regexes.main()'
+# expressions compiled again (base image's Dockerfile, scirepo_singleuser/records.py).
+RUN python -m scirepo_singleuser.records

@@ -571,8 +571,7 @@ class ScirepoSingleUser(ExtensionApp):
 
     def initialize(self, argv=None):
         super().initialize()
-        # JupyterLab's settings API without work that changes nothing (labsettings.py;
-        # imported here, so that `python -m scirepo_singleuser.labsettings` runs it once).
+        # JupyterLab's settings API without work that changes nothing (labsettings.py).
         from scirepo_singleuser import labsettings  # noqa: PLC0415
 
         labsettings.apply()

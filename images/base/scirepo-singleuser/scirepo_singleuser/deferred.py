@@ -123,4 +123,4 @@ def uninstall() -> None:
 def pending() -> list[str]:
     """Names of the modules deferred whose code has not run yet."""
     with _lock:
-        return sorted(name for name, m in sys.modules.items() if type(m) is _Deferred)
+        return sorted(name for name, m in list(sys.modules.items()) if type(m) is _Deferred)

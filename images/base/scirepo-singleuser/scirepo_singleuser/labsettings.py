@@ -7,8 +7,8 @@ seventy schemas, jupyterlab_server (`settings_utils.get_settings`):
 1. checks the schema against JSON Schema's meta-schema (`Draft7Validator.check_schema`),
    every time, although the schema files are the image's own and never change. Here each
    distinct schema (the schema after the overrides, as checked) is checked once: when the
-   image is built (`python -m scirepo_singleuser.labsettings`, which writes the digests
-   of the schemas that pass to CHECKED), else once per server. A schema that is not in
+   image is built (`record()`, run by `python -m scirepo_singleuser.records`, writes the
+   digests of the schemas that pass to CHECKED), else once per server. A schema that is not in
    that file (a user's own extension, a user's overrides) is checked at its first use; one
    that fails is checked, and refused, every time as before.
 2. walks the schema with its regular expressions to translate titles and descriptions
@@ -142,8 +142,3 @@ def record(path: str = CHECKED) -> int:
     with open(path, "w", encoding="ascii") as f:
         f.writelines(f"{key.hex()}\n" for key in sorted(checker.passed))
     return len(checker.passed)
-
-
-if __name__ == "__main__":
-    count = record(sys.argv[1] if len(sys.argv) > 1 else CHECKED)
-    print(f"{count} JupyterLab settings schemas checked", file=sys.stderr)

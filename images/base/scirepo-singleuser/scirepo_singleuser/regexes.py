@@ -202,12 +202,3 @@ def record(path: str = RECORD) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return len(table)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Record, into RECORD or the path given. `python -m` would run this module a second
-    time (the package imports it first), hence: python -c 'from scirepo_singleuser import
-    regexes; regexes.main()'."""
-    argv = sys.argv[1:] if argv is None else argv
-    count = record(argv[0] if argv else RECORD)
-    print(f"{count} regular expressions recorded", file=sys.stderr)
