@@ -40,7 +40,6 @@ MODULES = {
 MARK = "scirepo_deferred"
 
 _lock = threading.RLock()
-_loaders: dict[str, importlib.abc.Loader] = {}  # a deferred module's name -> its own loader
 _running: set[str] = set()  # names whose code is running (in the thread that holds _lock)
 
 
@@ -52,9 +51,9 @@ def _load(module: types.ModuleType) -> None:
             return  # loaded meanwhile, or its own code (or an import it makes) reads it
         _running.add(name)
         try:
-            _loaders[name].exec_module(module)
+            # Its own loader, which _Loader put back in its spec.
+            types.ModuleType.__getattribute__(module, "__spec__").loader.exec_module(module)
             types.ModuleType.__setattr__(module, "__class__", types.ModuleType)
-            del _loaders[name]
         finally:
             _running.discard(name)
 
@@ -87,7 +86,6 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         module.__spec__.loader = module.__loader__ = self.loader
-        _loaders[module.__name__] = self.loader
         module.__class__ = _Deferred
 
 
@@ -96,7 +94,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         self.names = frozenset(names)
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in self.names or fullname in _loaders:
+        if fullname not in self.names:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
