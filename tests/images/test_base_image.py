@@ -422,6 +422,7 @@ def run_with_hub_env(image, home, code: str, *args: str) -> dict:
 KERNELSPECS_CHECK = """
 import json, sys
 import scirepo_singleuser
+argv = list(sys.argv)
 ksm = scirepo_singleuser.set_up(*sys.argv[1:]).kernel_spec_manager
 specs = ksm.get_all_specs()
 ipython = 'IPython' in sys.modules
@@ -429,7 +430,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 stock = KernelSpecManager()
 print(json.dumps({'class': type(ksm).__name__, 'ipython': ipython, 'names': sorted(specs),
                   'same': specs == stock.get_all_specs(), 'dirs': ksm.kernel_dirs,
-                  'stock_dirs': stock.kernel_dirs}))
+                  'stock_dirs': stock.kernel_dirs, 'argv_kept': sys.argv == argv}))
 """
 
 
@@ -443,6 +444,7 @@ def test_server_finds_kernel_specs_without_importing_ipython(image, home):
 
     found = check()
     assert found["class"] == "KernelSpecs" and not found["ipython"], found
+    assert found["argv_kept"], found  # set_up() gives the caller its sys.argv back
     assert found["same"] and "python3" in found["names"], found
     assert found["dirs"] == found["stock_dirs"], found
     assert found["dirs"][-1] == "/home/alice/.ipython/kernels", found

@@ -625,7 +625,8 @@ main = ScirepoSingleUser.launch_instance
 
 def set_up(*argv: str):
     """The server set up by `main()` with `argv`, up to the point where it would serve,
-    and not serving: for the records made when the image is built and for its tests."""
+    and not serving: for the records made when the image is built and for its tests.
+    `sys.argv` is the server's while it is set up, and the caller's again afterwards."""
     from jupyter_server.serverapp import ServerApp
 
     found = []
@@ -634,7 +635,7 @@ def set_up(*argv: str):
         found.append(self)
         raise SystemExit(0)
 
-    start_ioloop = ServerApp.start_ioloop
+    start_ioloop, caller_argv = ServerApp.start_ioloop, sys.argv
     ServerApp.start_ioloop = stop
     sys.argv = ["scirepo-singleuser", *argv]
     try:
@@ -643,5 +644,5 @@ def set_up(*argv: str):
         if not found:
             raise
     finally:
-        ServerApp.start_ioloop = start_ioloop
+        ServerApp.start_ioloop, sys.argv = start_ioloop, caller_argv
     return found[0]
