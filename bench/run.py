@@ -14,7 +14,8 @@ fail of scirepo against the target) and writes everything to build/bench/platfor
     .venv/bin/python bench/run.py --only stock --n 2 --users 2 --rounds 1
     .venv/bin/python bench/run.py --figures spawn,browser
 
-Figures (--figures, comma separated; the default is all but the last two):
+Figures (--figures, comma separated; the default is all of them, and with --root another
+tree all but `accounts`):
   spawn     one user's spawn, --rounds times, a new user each round
   many      N users at once for each --n; memory of idle servers, hub and proxy
   capacity  idle servers within --budget-mib, from the `many` figures of the largest N
@@ -22,11 +23,11 @@ Figures (--figures, comma separated; the default is all but the last two):
   browser   login form submit to rendered JupyterLab in headless Chromium: a first
             visit with no server and with the server up, a returning browser
   load      --users simulated users over --ramp seconds: login, start, run a cell, stop
-  accounts  approval to SSH login (scirepo only; runs bench/accounts.py, which needs
-            --root to be this tree)
-  makeup    `make up` wall time: warm (a second `make up`) and, with --destructive,
-            cold (`make clean` first: a new host from the built images); stock: its
-            start from nothing with the image built
+  accounts  approval to SSH login (scirepo only; runs bench/accounts.py, which measures
+            this tree's host, so not with --root another tree)
+  makeup    `make up` wall time, run first: warm (a second `make up`) and, with
+            --destructive, cold (`make clean` first: a new host from the built images;
+            it deletes the host's data); stock: its start from nothing with the image built
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ import harness  # noqa: E402
 import targets  # noqa: E402
 
 OUT = REPO / "build" / "bench" / "platform.json"
-DEFAULT_FIGURES = ("spawn", "many", "capacity", "browser", "load")
-ALL_FIGURES = (*DEFAULT_FIGURES, "accounts", "makeup")
+ALL_FIGURES = ("spawn", "many", "capacity", "browser", "load", "accounts", "makeup")
 # Targets of issue 7: (op, value) per figure key; scirepo passes when `value op target`.
 TARGETS = {
     "spawn_one_p50": ("<", 1.5),
@@ -91,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
     )  # fmt: skip
     p.add_argument("--only", choices=["scirepo", "stock"], help="measure one deployment")
-    p.add_argument("--figures", type=figure_list, default=list(DEFAULT_FIGURES))
+    p.add_argument("--figures", type=figure_list,
+                   help="comma separated (default: all; with --root another tree, all but "
+                   "accounts)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=5, help="spawns of one user (default 5)")
     p.add_argument("--n", type=positive_ints, default=[5, 10, 20],
                    help="users spawning at once, comma separated (default 5,10,20)")  # fmt: skip
@@ -130,6 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ramp and --settle must not be negative, --budget-mib must be positive")
     # Absolute: `make -C ROOT` and bench/accounts.py run in other directories.
     args.root = args.root.resolve()
+    # bench/accounts.py reads this tree's .scirepo/: it cannot measure another tree's host.
+    if args.figures is None:
+        args.figures = [f for f in ALL_FIGURES if f != "accounts" or args.root == REPO]
+    elif "accounts" in args.figures and args.root != REPO:
+        p.error(f"--figures accounts measures this tree's host ({REPO}), not --root {args.root}")
     args.site = args.site.resolve() if args.site else None
     args.images_json = args.images_json or args.root / "build" / "images.json"
     return args
@@ -201,9 +208,8 @@ def capacity(target: targets.Target, many: dict, args: argparse.Namespace) -> di
 
 
 def accounts(args: argparse.Namespace) -> dict:
-    """bench/accounts.py of this tree, which reads this tree's .scirepo/."""
-    if args.root != REPO:
-        raise RuntimeError(f"bench/accounts.py measures this tree's host; --root is {args.root}")
+    """bench/accounts.py of this tree, which reads this tree's .scirepo/ (parse_args
+    refuses it with --root another tree)."""
     site = args.site or REPO / "site.yml"
     cmd = [sys.executable, str(REPO / "bench" / "accounts.py"), "--site", str(site),
            "--rounds", str(args.accounts_rounds)]  # fmt: skip

@@ -122,3 +122,19 @@ def test_transfer_bench_journaled_image_holds_three_copies_of_the_data():
     size = transfer.journaled_size(args)
     assert size >= 3 * data + (256 << 20)  # data, sandbox, site data, journal and bytecode
     assert size < 6 * data + (1 << 30)  # sparse, but not absurd
+
+
+def test_every_figure_runs_by_default_but_accounts_only_for_this_tree(tmp_path):
+    """`make bench` runs all of issue 7's figures, approval to SSH login and `make up`
+    included; bench/accounts.py measures only this tree's host."""
+    assert run.parse_args([]).figures == list(run.ALL_FIGURES)
+    assert {"accounts", "makeup"} <= set(run.ALL_FIGURES)
+    other = run.parse_args(["--root", str(tmp_path)])
+    assert other.figures == [f for f in run.ALL_FIGURES if f != "accounts"]
+    assert run.parse_args(["--figures", "spawn"]).figures == ["spawn"]
+
+
+def test_accounts_of_another_tree_is_refused_naming_the_tree(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--figures", "accounts", "--root", str(tmp_path)])
+    assert f"not --root {tmp_path}" in capsys.readouterr().err
